@@ -1,0 +1,152 @@
+"""The `fastgw` command: run, check, routes, demo, echo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from .config.loader import ConfigError, build_router, load
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .supervisor import serve
+
+    return serve(args.config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        print(str(exc))
+        return 1
+    config = loaded.config
+    listen = ", ".join(f"{h}:{p}" for h, p in (lst.address for lst in config.server.listen))
+    print(
+        f"ok: {args.config} ({loaded.digest}): {len(config.routes)} route(s), "
+        f"{len(config.upstreams)} upstream(s), {sum(len(u.targets) for u in config.upstreams.values())} target(s), "
+        f"listening on {listen}, workers: {config.server.workers}"
+    )
+    return 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        print(str(exc))
+        return 1
+    routes = loaded.config.routes
+    router, _ = build_router(routes)
+    rows = [("PATH", "METHODS", "HOSTS", "ROUTE", "UPSTREAM", "OPTIONS")]
+    for pattern, methods, hosts, index in router.describe():
+        route = routes[int(index)]
+        options = ",".join(
+            name
+            for name, on in (
+                ("strip_prefix", route.strip_prefix),
+                ("no_preserve_host", not route.preserve_host),
+            )
+            if on
+        )
+        headers = ",".join(f"{k}={v}" for k, v in (route.match.headers or {}).items())
+        if headers:
+            options = ",".join(filter(None, [options, f"headers:{headers}"]))
+        rows.append(
+            (
+                pattern,
+                methods,
+                hosts,
+                route.name or f"routes[{index}]",
+                route.upstream,
+                options or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from .demo import run_echo
+
+    run_echo(args.host, args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The echo upstream in a child process, the gateway in the foreground."""
+    from .demo import run_echo
+    from .supervisor import serve
+
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        print(str(exc))
+        return 1
+    targets = [t.url for u in loaded.config.upstreams.values() for t in u.targets]
+    if not targets:
+        print(f"{args.config}: no upstream target to start the echo upstream on")
+        return 1
+    _, host, port = targets[0]
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        run_echo(host, port)
+        os._exit(0)
+    listen = loaded.config.server.listen[0].address
+    logging.getLogger("fastgw").info(
+        "demo: echo upstream on %s:%d; try: curl http://%s:%d/echo/hello", host, port, *listen
+    )
+    try:
+        return serve(args.config)
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # already gone (a signal to the whole process group ends it too)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastgw", description="A fast HTTP/1.1 API gateway.")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("FASTGW_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("run", cmd_run, "run the gateway in the foreground (SIGHUP reloads, SIGTERM drains)"),
+        ("check", cmd_check, "validate a config file and print every error"),
+        ("routes", cmd_routes, "print the compiled route table"),
+        ("demo", cmd_demo, "run an echo upstream and the gateway on the example config"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("-c", "--config", required=True, help="config file (.yaml, .yml or .toml)")
+        sub.set_defaults(func=func)
+    echo = commands.add_parser("echo", help="run the echo upstream used by the demo")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=9001)
+    echo.set_defaults(func=cmd_echo)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

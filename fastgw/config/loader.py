@@ -1,0 +1,154 @@
+"""Read a TOML or YAML config file and validate it completely, collecting every error."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..router import Router
+from .fields import INVALID, Errors, describe, join
+from .schema import Config, Route, Server, parse_route, parse_server, parse_upstream
+
+TOP_LEVEL_KEYS = ("server", "upstreams", "routes")
+
+
+class ConfigError(Exception):
+    """The file could not be used; `errors` holds every problem as `path: message`."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(
+            f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in errors)
+        )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated config and where it came from."""
+
+    config: Config
+    source: str
+    digest: str  # first 12 hex digits of the file's sha256: names the config version in logs
+
+
+def read_document(path: Path) -> Any:
+    """Parse the file by extension: .toml with tomllib, .yaml/.yml with PyYAML."""
+    data = path.read_bytes()
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), [f"invalid TOML: {exc}"]) from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), [f"invalid YAML: {exc}".replace("\n", " ")]) from None
+    raise ConfigError(str(path), [f"unknown file type '{suffix}' (expected .toml, .yaml or .yml)"])
+
+
+def load(path: str | Path) -> Loaded:
+    """Read and validate a config file; raise ConfigError listing all problems."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    document = read_document(path)
+    config = validate(document, str(path))
+    return Loaded(config, str(path), hashlib.sha256(raw_bytes).hexdigest()[:12])
+
+
+def validate(document: Any, source: str = "config") -> Config:
+    errors = Errors()
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            source, [f"expected a mapping at the top level, got {describe(document)}"]
+        )
+    for key in document:
+        if key not in TOP_LEVEL_KEYS:
+            errors.add(str(key), f"unknown key (expected one of: {', '.join(TOP_LEVEL_KEYS)})")
+    server = parse_server(document.get("server"), "server", errors)
+    upstreams = _parse_upstreams(document.get("upstreams"), errors)
+    routes = _parse_routes(document.get("routes"), errors)
+    _check_references(document.get("upstreams"), routes, errors)
+    _check_ties(routes, errors)
+    if errors:
+        raise ConfigError(source, errors.items)
+    assert isinstance(server, Server)
+    return Config(
+        server=server, upstreams=upstreams, routes=tuple(r for r in routes if r is not INVALID)
+    )
+
+
+def _parse_upstreams(raw: Any, errors: Errors) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.add(
+            "upstreams", f"expected a mapping of upstream names to upstreams, got {describe(raw)}"
+        )
+        return {}
+    return {
+        name: parse_upstream(value, join("upstreams", str(name)), errors)
+        for name, value in raw.items()
+    }
+
+
+def _parse_routes(raw: Any, errors: Errors) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        errors.add("routes", f"expected a list of routes, got {describe(raw)}")
+        return []
+    return [parse_route(value, join("routes", i), errors) for i, value in enumerate(raw)]
+
+
+def _check_references(raw_upstreams: Any, routes: list[Any], errors: Errors) -> None:
+    known = sorted(str(k) for k in raw_upstreams) if isinstance(raw_upstreams, dict) else []
+    names: dict[str, int] = {}
+    for i, route in enumerate(routes):
+        if route is INVALID:
+            continue
+        if route.upstream not in known:
+            errors.add(
+                f"routes[{i}].upstream",
+                f"unknown upstream '{route.upstream}' (known: {', '.join(known) or 'none defined'})",
+            )
+        if route.name is not None:
+            if route.name in names:
+                errors.add(
+                    f"routes[{i}].name",
+                    f"duplicate route name '{route.name}' (also routes[{names[route.name]}])",
+                )
+            else:
+                names[route.name] = i
+
+
+def build_router(
+    routes: list[Route] | tuple[Route, ...], compiled: list[Any] | None = None
+) -> tuple[Router, list[tuple[int, str]]]:
+    """Router over `routes`; each entry maps to `compiled[i]` (or its index). Returns ties too."""
+    router = Router()
+    for i, route in enumerate(routes):
+        if route is INVALID:
+            continue
+        target = compiled[i] if compiled is not None else i
+        for path in route.match.paths:
+            router.add(target, i, path, route.match.methods, route.match.hosts, route.match.headers)
+    return router, router.finish()
+
+
+def _check_ties(routes: list[Any], errors: Errors) -> None:
+    _, ties = build_router(routes)
+    for index, message in ties:
+        errors.add(f"routes[{index}].match", message)

@@ -1,0 +1,209 @@
+"""The configuration schema: frozen dataclasses whose fields say how they are parsed.
+
+Defaults are the secure ones documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .fields import (
+    INVALID,
+    Errors,
+    boolean,
+    describe,
+    duration,
+    integer,
+    list_of,
+    mapping_of,
+    record,
+    size,
+    spec,
+    string,
+)
+
+_HOST_PORT = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]*)):(?P<port>\d{1,5})"
+)
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    match = _HOST_PORT.fullmatch(text)
+    if not match or not 0 < int(match["port"]) < 65536:
+        return None
+    return (match["v6"] or match["host"] or "0.0.0.0", int(match["port"]))
+
+
+def address(value: Any, path: str, errors: Errors) -> Any:
+    if isinstance(value, str):
+        parsed = split_host_port(value.strip())
+        if parsed:
+            return parsed
+    return errors.add(
+        path, f"expected an address 'host:port' such as '127.0.0.1:8080', got {describe(value)}"
+    )
+
+
+@dataclass(frozen=True)
+class Listener:
+    address: tuple[str, int] = spec(address)
+
+
+def listener(value: Any, path: str, errors: Errors) -> Any:
+    """A listener is an address string or a mapping `{address: ...}`."""
+    if isinstance(value, str):
+        parsed = address(value, path, errors)
+        return INVALID if parsed is INVALID else Listener(address=parsed)
+    return _listener_record(value, path, errors)
+
+
+_listener_record = record(Listener)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_line: int = spec(size, 8192)
+    max_header_bytes: int = spec(size, 16384)
+    max_body_bytes: int = spec(size, 10 * 1024 * 1024)
+    max_connections: int = spec(integer(min=1), 10000)
+
+
+@dataclass(frozen=True)
+class ServerTimeouts:
+    client_header: float = spec(duration, 10.0)
+    keepalive: float = spec(duration, 60.0)
+    drain: float = spec(duration, 30.0)
+
+
+def workers(value: Any, path: str, errors: Errors) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    return errors.add(path, f'expected an integer >= 1 or "auto", got {describe(value)}')
+
+
+@dataclass(frozen=True)
+class Server:
+    listen: tuple[Listener, ...] = spec(
+        list_of(listener, min_len=1, allow_single=True), (Listener(("127.0.0.1", 8080)),)
+    )
+    workers: int | str = spec(workers, 1)
+    admin: tuple[str, int] | None = spec(address, None)
+    limits: Limits = spec(record(Limits), factory=Limits)
+    timeouts: ServerTimeouts = spec(record(ServerTimeouts), factory=ServerTimeouts)
+
+
+def target_url(value: Any, path: str, errors: Errors) -> Any:
+    """`http://host:port`; the scheme and port are required so nothing is guessed."""
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme == "http"
+            and parts.hostname
+            and port
+            and parts.path in ("", "/")
+            and not parts.query
+            and not parts.username
+        ):
+            return (parts.scheme, parts.hostname, port)
+    return errors.add(
+        path,
+        f"expected a URL 'http://host:port' such as 'http://127.0.0.1:9001', got {describe(value)}",
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    url: tuple[str, str, int] = spec(target_url)
+    weight: int = spec(integer(min=0, max=10000), 1)
+
+
+@dataclass(frozen=True)
+class UpstreamTimeouts:
+    connect: float = spec(duration, 2.0)
+    read: float = spec(duration, 30.0)
+
+
+@dataclass(frozen=True)
+class Pool:
+    max_idle: int = spec(integer(min=0), 64)
+    idle_timeout: float = spec(duration, 60.0)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    targets: tuple[Target, ...] = spec(list_of(record(Target), min_len=1))
+    timeouts: UpstreamTimeouts = spec(record(UpstreamTimeouts), factory=UpstreamTimeouts)
+    pool: Pool = spec(record(Pool), factory=Pool)
+
+
+_SEGMENT = r"(?:[^/{}*?#\s]+|\{[A-Za-z_][A-Za-z0-9_]*\})"
+PATH_PATTERN = rf"/(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?(?:(?<=/)\*)?"
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+
+
+@dataclass(frozen=True)
+class Match:
+    paths: tuple[str, ...] = spec(
+        list_of(
+            string(
+                pattern=PATH_PATTERN,
+                hint="a path starting with '/': segments, {param} segments, optionally ending in '/*'",
+            ),
+            min_len=1,
+        )
+    )
+    methods: tuple[str, ...] | None = spec(
+        list_of(string(pattern=_TOKEN, hint="an HTTP method such as GET"), min_len=1), None
+    )
+    hosts: tuple[str, ...] | None = spec(
+        list_of(
+            string(
+                pattern=r"(?:\*\.)?[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*",
+                hint="a host name such as 'api.example.com' or '*.example.com'",
+                lower=True,
+            ),
+            min_len=1,
+        ),
+        None,
+    )
+    headers: dict[str, str] | None = spec(
+        mapping_of(string(hint="a header value"), key_pattern=_TOKEN, key_hint="a header name"),
+        None,
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    match: Match = spec(record(Match))
+    upstream: str = spec(string(hint="the name of an upstream"))
+    name: str | None = spec(
+        string(pattern=r"[A-Za-z0-9_.\-]+", hint="a name of letters, digits, '_', '-', '.'"), None
+    )
+    strip_prefix: bool = spec(boolean, False)
+    preserve_host: bool = spec(boolean, True)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: Server = spec(record(Server), factory=Server)
+    upstreams: dict[str, Upstream] = spec(
+        mapping_of(
+            record(Upstream),
+            key_pattern=r"[A-Za-z0-9_.\-]+",
+            key_hint="a name of letters, digits, '_', '-', '.'",
+        ),
+        factory=dict,
+    )
+    routes: tuple[Route, ...] = spec(list_of(record(Route)), ())
+
+
+parse_server = record(Server)
+parse_upstream = record(Upstream)
+parse_route = record(Route)

@@ -1,0 +1,390 @@
+"""ClientProtocol: one client connection; parses requests and serves them in order.
+
+Pipelined requests queue behind the one being served (reading pauses while they wait), so
+responses leave in request order. Reading also pauses while the upstream's write buffer is
+full or while a body waits for an upstream connection. One timer per connection covers the
+header timeout (408) and the keep-alive idle timeout; it is re-armed only when it fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from .exchange import Exchange
+from .replies import error_body, reply
+
+if TYPE_CHECKING:
+    from ..worker import Site, Worker
+
+log = logging.getLogger("fastgw.client")
+
+# Why reading is paused (bits).
+PAUSE_PIPELINE, PAUSE_PEER, PAUSE_BUFFER, PAUSE_DEAD = 1, 2, 4, 8
+
+
+class Reject(Exception):
+    """Raised in a parser callback: the request breaks a limit."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = (
+        "current",
+        "head_raw",
+        "head_size",
+        "head_start",
+        "header_timeout",
+        "headers",
+        "idle_limit",
+        "idle_since",
+        "in_feed",
+        "keepalive",
+        "max_body",
+        "max_header",
+        "max_line",
+        "parser",
+        "parsing",
+        "paused",
+        "peer",
+        "queue",
+        "site",
+        "timer",
+        "transport",
+        "tunnel",
+        "tunnel_early",
+        "url",
+        "worker",
+        "write_paused",
+    )
+
+    def __init__(self, worker: Worker, site: Site) -> None:
+        self.worker = worker
+        self.site = site
+        self.transport: Any = None
+        self.parser: Any = HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.head_raw = 0
+        self.head_start: float | None = None
+        self.parsing: Exchange | None = None
+        self.current: Exchange | None = None
+        self.queue: deque[Exchange] | None = None
+        self.paused = 0
+        self.write_paused = False
+        self.in_feed = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.tunnel: Any = None
+        self.tunnel_early: list[bytes] | None = None
+        self.peer = b""
+
+    # -- connection events -------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        worker = self.worker
+        runtime = self.site.runtime
+        limits = runtime.limits
+        timeouts = runtime.timeouts
+        self.max_line = limits.max_request_line
+        self.max_header = limits.max_header_bytes
+        self.max_body = limits.max_body_bytes
+        self.header_timeout = timeouts.client_header
+        self.keepalive = timeouts.keepalive
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0].encode() if peer else b"unknown"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(worker.connections) >= limits.max_connections or worker.draining:
+            transport.write(reply(503, error_body(503, "too many connections", b""), close=True))
+            transport.close()
+            return
+        worker.connections.add(self)
+        now = worker.loop.time()
+        self.idle_since = now
+        self.idle_limit = self.header_timeout  # the first request must come within this time
+        self.timer = worker.loop.call_at(now + self.header_timeout, self._on_timer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        if self.current is not None:
+            self.current.client_gone()
+            self.current = None
+        if self.queue:
+            self.queue.clear()
+        self.parser = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        parser = self.parser
+        if parser is None:
+            if self.tunnel_early is not None:
+                self.tunnel_early.append(data)  # bytes after an upgrade request, before the 101
+            return
+        self.in_feed = True
+        try:
+            parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self.reject(cause.status, cause.message)
+            else:
+                log.error("internal error while handling a request", exc_info=cause)
+                self.reject(500, "internal error")
+        except HttpParserUpgrade as upgrade:
+            self.upgrade_requested(data[upgrade.args[0] :])
+        except HttpParserError:
+            self.reject(400, "malformed request")
+        finally:
+            self.in_feed = False
+        current = self.current
+        if current is not None and current.pending:
+            current.flush()
+        elif self.head_start is not None and self.parser is not None:
+            self.head_raw += len(data)  # a head still arriving: bound what httptools buffers
+            if self.head_raw > self.max_header + self.max_line:
+                self.reject(431, "request header too large")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        target = self.tunnel_peer()
+        if target is not None:
+            target.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        target = self.tunnel_peer()
+        if target is not None:
+            target.resume_reading()
+
+    def tunnel_peer(self) -> Any:
+        """The upstream transport whose reading follows this client's write buffer."""
+        if self.tunnel is not None:
+            return self.tunnel
+        current = self.current
+        if current is not None and current.conn is not None:
+            return current.conn.transport
+        return None
+
+    # -- reading flow control --------------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def pause_reading_for_peer(self) -> None:
+        self._pause(PAUSE_PEER)
+
+    def resume_reading_for_peer(self) -> None:
+        self._resume(PAUSE_PEER)
+
+    def pause_reading_for_buffer(self) -> None:
+        self._pause(PAUSE_BUFFER)
+
+    def resume_reading_for_buffer(self) -> None:
+        self._resume(PAUSE_BUFFER)
+
+    # -- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        self.head_raw = 0
+        self.head_start = self.worker.loop.time()
+        if self.timer is None:
+            self.timer = self.worker.loop.call_at(
+                self.head_start + self.header_timeout, self._on_timer
+            )
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.max_line:
+            raise Reject(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        parsing = self.parsing
+        if parsing is not None:
+            parsing.request_trailer(name, value)
+            return
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.max_header:
+            raise Reject(431, "request header too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_start = None
+        self.head_size = 0
+        exchange = Exchange(self, self.url, self.headers)
+        self.parsing = exchange
+        self.serve(exchange)
+
+    def on_body(self, data: bytes) -> None:
+        self.parsing.request_body(data)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        exchange.request_complete()
+
+    # -- serving in order ------------------------------------------------------------------
+
+    def serve(self, exchange: Exchange) -> None:
+        """Start the exchange now, or queue it behind the one in flight (pipelining)."""
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            if self.queue is None:
+                self.queue = deque()
+            self.queue.append(exchange)
+            self._pause(PAUSE_PIPELINE)
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        """The response has been written: close, serve the next queued request, or go idle."""
+        if exchange is not self.current:
+            return
+        if exchange.close_after or not exchange.body_done:
+            self.current = None
+            self.close()
+            return
+        queue = self.queue
+        if queue:
+            following = queue.popleft()
+            if not queue:
+                self._resume(PAUSE_PIPELINE)
+            self.current = following
+            following.start()
+            if not self.in_feed:
+                following.flush()
+            return
+        self.current = None
+        if self.worker.draining:
+            self.close()
+            return
+        self.idle_since = self.worker.loop.time()
+        self.idle_limit = self.keepalive
+        if self.timer is None:
+            self.timer = self.worker.loop.call_at(
+                self.idle_since + min(self.keepalive, self.header_timeout), self._on_timer
+            )
+
+    def reject(self, status: int, message: str) -> None:
+        """The byte stream broke the protocol or a limit: answer in turn, then close."""
+        self.parser = None
+        self.head_start = None
+        self._pause(PAUSE_DEAD)
+        parsing = self.parsing
+        if parsing is not None:
+            # The error is inside a body: that request fails.
+            self.parsing = None
+            parsing.close_after = True
+            if parsing is self.current:
+                if parsing.state >= 3:  # RESPONDING or DONE: nothing more can be said
+                    self.abort()
+                else:
+                    parsing.drop_upstream()
+                    parsing.local_error(status, message)
+            else:
+                parsing.error = (status, message)
+            return
+        exchange = Exchange.__new__(Exchange)
+        exchange.client = self
+        exchange.rejected(status, message)
+        self.serve(exchange)
+
+    def upgrade_requested(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request (websocket, CONNECT, h2c...)."""
+        if self.transport.is_closing():
+            return
+        last = self.queue[-1] if self.queue else self.current
+        if last is not None and last.method == b"CONNECT":
+            self.parser = None
+            self._pause(PAUSE_DEAD)
+            return
+        if last is not None and last.upgrade is not None and last.error is None:
+            self.parser = None
+            self.tunnel_early = [rest] if rest else []
+            self._pause(PAUSE_PIPELINE)
+            return
+        # Not a websocket upgrade: carry on with HTTP as if the upgrade was not offered.
+        self.parser = HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    def start_tunnel(self, upstream: Any, exchange: Exchange) -> None:
+        """The upstream answered 101: from now on bytes pass through unchanged both ways."""
+        self.current = None
+        self.tunnel = upstream.transport
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        early = self.tunnel_early or []
+        self.tunnel_early = None
+        for data in early:
+            self.tunnel.write(data)
+        self.paused = 0
+        self.transport.resume_reading()
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.parser = None
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.parser = None
+        self.transport.abort()
+
+    def close_if_idle(self) -> None:
+        """Draining: close now unless a request is in flight or arriving."""
+        if self.current is None and self.head_start is None and self.tunnel is None:
+            self.close()
+
+    def _on_timer(self) -> None:
+        # PERF: one timer per connection, never per request; it sleeps at most the header
+        # timeout, re-arms itself for the nearest deadline, and stops while a request is served.
+        self.timer = None
+        if self.transport.is_closing() or self.current is not None or self.tunnel is not None:
+            return
+        now = self.worker.loop.time()
+        if self.head_start is not None:
+            due = self.head_start + self.header_timeout
+            if now >= due:
+                self.parser = None
+                self.transport.write(
+                    reply(408, error_body(408, "request header timeout", b""), close=True)
+                )
+                self.transport.close()
+                return
+        else:
+            due = self.idle_since + self.idle_limit
+            if now >= due:
+                self.close()
+                return
+        self.timer = self.worker.loop.call_at(min(due, now + self.header_timeout), self._on_timer)

@@ -1,0 +1,489 @@
+"""Exchange: one request and its response, from the parsed head to the last byte.
+
+It routes the request, builds the upstream head once, streams the body to an upstream
+connection (buffered while that connection is being found), retries a stale pooled
+connection once, fails over to another target when a connect fails, and answers errors
+itself as JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from httptools import HttpParserInvalidURLError, parse_url
+
+from ..router import Allow, strip_prefix
+from .headers import (
+    CONNECTION_OPTIONS,
+    K_CONNECTION,
+    K_CONTENT_LENGTH,
+    K_EXPECT,
+    K_HOST,
+    K_REQUEST_ID,
+    K_TE,
+    K_UPGRADE,
+    K_XFF,
+    REQUEST_ID_MAX,
+    REQUEST_KINDS,
+    chunk,
+    connection_tokens,
+    drop_named,
+    last_chunk,
+)
+from .paths import needs_normalising, normalise
+from .replies import CONTINUE, error_body, reply
+
+if TYPE_CHECKING:
+    from ..upstream.pool import Endpoint
+    from ..upstream.protocol import UpstreamProtocol
+    from .client import ClientProtocol
+
+log = logging.getLogger("fastgw.proxy")
+
+# Request states.
+WAITING, CONNECTING, SENDING, RESPONDING, DONE = range(5)
+
+# A request body is kept for a retry on a fresh connection only up to this size.
+REPLAY_LIMIT = 64 * 1024
+# Body bytes buffered while no upstream connection is attached before the client is paused.
+BUFFER_LIMIT = 256 * 1024
+
+
+class Exchange:
+    __slots__ = (
+        "attempt",
+        "body_bytes",
+        "body_done",
+        "chunked",
+        "client",
+        "close_after",
+        "conn",
+        "content_length",
+        "depth",
+        "discard",
+        "endpoint",
+        "error",
+        "expect",
+        "fwd",
+        "headers",
+        "host",
+        "http11",
+        "is_head",
+        "method",
+        "path",
+        "pending",
+        "pending_bytes",
+        "query",
+        "request_id",
+        "route",
+        "sent",
+        "sent_bytes",
+        "state",
+        "trailers",
+        "tried",
+        "upgrade",
+        "xff",
+    )
+
+    def __init__(
+        self, client: ClientProtocol, url: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        parser = client.parser
+        self.client = client
+        self.headers = headers
+        self.method = method = parser.get_method()
+        self.http11 = parser.get_http_version() == "1.1"
+        self.close_after = not parser.should_keep_alive() or client.worker.draining
+        self.is_head = method == b"HEAD"
+        self.error: tuple[int, str] | None = None
+        self.state = WAITING
+        self.conn: UpstreamProtocol | None = None
+        self.endpoint: Endpoint | None = None
+        self.route: Any = None
+        self.depth = -1
+        self.tried: list[Endpoint] | None = None
+        self.attempt = 0
+        self.discard = False
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.sent: list[bytes] | None = []
+        self.sent_bytes = 0
+        self.body_bytes = 0
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.headers_from(headers)
+        self.target_from(url)
+        if self.chunked or self.content_length > 0:
+            self.body_done = False
+            if self.content_length > client.max_body:
+                self.refuse(413, "request body too large")
+        else:
+            self.body_done = True
+        if self.request_id is None:
+            self.request_id = client.worker.next_request_id()
+        if self.upgrade is not None:
+            self.close_after = True  # after the tunnel, or after a refused upgrade
+
+    def rejected(self, status: int, message: str) -> None:
+        """Initialise a stand-in for a request that could not be parsed (made with __new__)."""
+        self.method = b""
+        self.http11 = True
+        self.is_head = False
+        self.close_after = True
+        self.error = (status, message)
+        self.state = WAITING
+        self.conn = None
+        self.route = None
+        self.upgrade = None
+        self.expect = False
+        self.discard = False
+        self.body_done = True
+        self.pending = []
+        self.request_id = self.client.worker.next_request_id()
+
+    def headers_from(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Sort the client's fields: forwarded as they are, or handled by the gateway."""
+        fwd: list[bytes] = []
+        host = xff = request_id = None
+        content_length = -1
+        chunked = expect = False
+        upgrade = None
+        named: set[bytes] | None = None
+        for name, value in headers:
+            kind = REQUEST_KINDS.get(name.lower())
+            if kind is None:
+                fwd += (name, b": ", value, b"\r\n")
+            elif kind == K_HOST:
+                if host is not None:
+                    self.refuse(400, "more than one Host header")
+                host = value
+            elif kind == K_CONTENT_LENGTH:
+                content_length = int(value)  # llhttp has checked the digits and duplicates
+            elif kind == K_XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif kind == K_REQUEST_ID:
+                if 0 < len(value) <= REQUEST_ID_MAX:
+                    request_id = value
+            elif kind == K_TE:
+                if value.strip().lower() != b"chunked":
+                    self.refuse(400, "unsupported Transfer-Encoding")
+                chunked = True
+            elif kind == K_CONNECTION:
+                extra = connection_tokens(value) - CONNECTION_OPTIONS
+                if extra:
+                    named = extra if named is None else named | extra
+            elif kind == K_UPGRADE:
+                upgrade = value
+            elif kind == K_EXPECT:
+                expect = value.lower() == b"100-continue"
+            # K_DROP: hop-by-hop or replaced by the gateway
+        if named:
+            fwd = drop_named(fwd, 0, named)
+        self.fwd = fwd
+        self.host = host
+        self.xff = xff
+        self.request_id = request_id
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect = expect and self.http11
+        self.upgrade = (
+            upgrade if upgrade is not None and self.client.parser.should_upgrade() else None
+        )
+        if host is None and self.http11:
+            self.refuse(400, "missing Host header")
+
+    def target_from(self, url: bytes) -> None:
+        """Split the request target into path and query; normalise dot segments and slashes."""
+        query = None
+        if url[:1] == b"/":
+            mark = url.find(b"?")
+            path = url if mark < 0 else url[:mark]
+            if mark >= 0:
+                query = url[mark + 1 :]
+        elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            try:
+                parsed = parse_url(url)
+            except HttpParserInvalidURLError:
+                parsed = None
+            if parsed is None or not parsed.host:
+                self.path, self.query = b"/", None
+                self.refuse(400, "invalid request target")
+                return
+            path = parsed.path or b"/"
+            query = parsed.query
+            self.host = (
+                parsed.host if parsed.port is None else b"%s:%d" % (parsed.host, parsed.port)
+            )
+        else:
+            self.path, self.query = b"/", None
+            if self.method == b"CONNECT":
+                self.close_after = True  # the parser stops after CONNECT; nothing can follow
+                self.refuse(405, "CONNECT is not supported")
+            else:
+                self.refuse(400, "invalid request target")
+            return
+        if needs_normalising(path):
+            normal = normalise(path)
+            if normal is None:
+                self.refuse(400, "invalid path")
+                normal = b"/"
+            path = normal
+        self.path = path
+        self.query = query
+
+    def refuse(self, status: int, message: str) -> None:
+        """Mark the request to be answered with an error when its turn comes (first one wins)."""
+        if self.error is None:
+            self.error = (status, message)
+            if status in (400, 413, 414, 431):
+                self.close_after = True
+
+    # -- request side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """This exchange is now the one the client connection serves: route and dispatch."""
+        if self.error is not None:
+            self.local_error(*self.error)
+            return
+        client = self.client
+        found = client.site.runtime.router.match(
+            self.method, self.host or b"", self.path, self.headers
+        )
+        if found is None:
+            self.local_error(404, "no route matched the request")
+            return
+        if found.__class__ is Allow:
+            self.local_error(405, "method not allowed", b"Allow: %s\r\n" % found.methods)
+            return
+        route = found.route
+        if route.local is not None:
+            status, content_type, body = route.local(self)
+            self.local_reply(status, body, content_type)
+            return
+        self.route = route
+        self.depth = found.prefix_depth if route.strip_prefix else -1
+        endpoint = route.group.balancer.pick()
+        if endpoint is None:
+            self.local_error(503, "no upstream target available")
+            return
+        if self.expect and self.body_bytes == 0:
+            client.transport.write(CONTINUE)
+        self.pending.insert(0, self.head_for(endpoint))
+        self.dispatch(endpoint)
+
+    def head_for(self, endpoint: Endpoint) -> bytes:
+        """The request head for the upstream, in one bytes object."""
+        route = self.route
+        client = self.client
+        path = self.path if self.depth < 0 else strip_prefix(self.path, self.depth)
+        if self.query is not None:
+            path = path + b"?" + self.query
+        host = self.host if route.preserve_host and self.host else endpoint.host_header
+        xff = client.peer if self.xff is None else self.xff + b", " + client.peer
+        parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        parts += self.fwd
+        parts += (b"X-Forwarded-For: ", xff, client.site.proto_line)
+        if self.host is not None:
+            parts += (b"X-Forwarded-Host: ", self.host, b"\r\n")
+        parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
+        if self.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif self.content_length >= 0:
+            parts.append(b"Content-Length: %d\r\n" % self.content_length)
+        if self.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def dispatch(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        conn = endpoint.acquire()
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.state = CONNECTING
+            endpoint.dial(self, self.route.group.connect_timeout)
+
+    def attach(self, conn: UpstreamProtocol) -> None:
+        client = self.client
+        self.conn = conn
+        self.state = SENDING
+        conn.dispatch(self, client.worker.loop.time(), self.route.group.read_timeout)
+        if client.write_paused:
+            conn.transport.pause_reading()
+        if not client.in_feed:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is pending to the attached upstream connection in one write."""
+        pending = self.pending
+        if not pending or self.conn is None:
+            return
+        self.pending = []
+        self.conn.transport.writelines(pending)
+        if self.sent is not None:
+            self.sent += pending
+            self.sent_bytes += self.pending_bytes
+            if self.sent_bytes > REPLAY_LIMIT:
+                self.sent = None
+        if self.pending_bytes > BUFFER_LIMIT:
+            self.client.resume_reading_for_buffer()
+        self.pending_bytes = 0
+
+    def request_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self.discard or self.state == DONE:
+            return
+        if self.body_bytes > self.client.max_body:
+            self.body_too_large()
+            return
+        if self.chunked:
+            self.pending += chunk(data)
+        else:
+            self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.conn is None and self.pending_bytes > BUFFER_LIMIT:
+            self.client.pause_reading_for_buffer()
+
+    def request_trailer(self, name: bytes, value: bytes) -> None:
+        if self.trailers is None:
+            self.trailers = []
+        self.trailers.append((name, value))
+
+    def request_complete(self) -> None:
+        self.body_done = True
+        if self.discard or self.state == DONE:
+            if self.discard:
+                self.client.exchange_finished(self)
+            return
+        if self.chunked:
+            self.pending.append(last_chunk(self.trailers))
+
+    def body_too_large(self) -> None:
+        self.close_after = True
+        if self.state == RESPONDING:
+            self.client.abort()
+            return
+        self.drop_upstream()
+        self.local_error(413, "request body too large")
+
+    # -- upstream side -------------------------------------------------------------------
+
+    def connected(self, conn: UpstreamProtocol) -> None:
+        if self.state != CONNECTING:
+            conn.endpoint.release(conn, conn.endpoint.loop.time())  # fresh and unused: keep it
+            return
+        self.attach(conn)
+
+    def connect_failed(self, endpoint: Endpoint, why: str) -> None:
+        if self.state != CONNECTING:
+            return
+        log.warning("upstream %s: connect %s (route %s)", endpoint.label, why, self.route.name)
+        if self.tried is None:
+            self.tried = []
+        self.tried.append(endpoint)
+        following = self.route.group.balancer.pick(self.tried)
+        if following is not None:
+            if not self.route.preserve_host or self.host is None:
+                self.pending[0] = self.head_for(following)
+            self.dispatch(following)
+        elif why == "timeout":
+            self.local_error(504, "upstream connect timed out")
+        else:
+            self.local_error(502, "upstream refused the connection")
+
+    def response_started(self) -> None:
+        self.state = RESPONDING
+        self.sent = None
+
+    def response_complete(self, conn: UpstreamProtocol, reusable: bool) -> None:
+        self.conn = None
+        if reusable and self.body_done and not self.pending:
+            conn.endpoint.release(conn, self.client.worker.loop.time())
+        else:
+            conn.transport.close()
+        self.state = DONE
+        self.client.exchange_finished(self)
+
+    def upstream_failed(self, conn: UpstreamProtocol, why: str) -> None:
+        """The connection failed before the response ended: retry, or answer 502/504."""
+        self.conn = None
+        if self.state == RESPONDING:
+            log.warning(
+                "upstream %s: %s during the response (route %s)",
+                conn.endpoint.label,
+                why,
+                self.route.name,
+            )
+            self.state = DONE
+            self.client.abort()
+            return
+        if self.state == DONE:
+            return
+        if (
+            why in ("reset", "closed")
+            and conn.reused
+            and conn.received == 0
+            and self.sent is not None
+            and self.attempt == 0
+        ):
+            # A pooled connection the upstream had closed: send again on a fresh one.
+            self.attempt = 1
+            self.pending = self.sent + self.pending
+            self.pending_bytes += self.sent_bytes
+            self.sent = []
+            self.sent_bytes = 0
+            self.state = CONNECTING
+            conn.endpoint.dial(self, self.route.group.connect_timeout)
+            return
+        log.warning("upstream %s: %s (route %s)", conn.endpoint.label, why, self.route.name)
+        self.close_after = self.close_after or not self.body_done
+        if why == "timeout":
+            self.local_error(504, "upstream timed out")
+        elif why == "invalid":
+            self.local_error(502, "invalid response from upstream")
+        else:
+            self.local_error(502, "upstream closed the connection")
+
+    def drop_upstream(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.abort()
+
+    def client_gone(self) -> None:
+        self.drop_upstream()
+        self.state = DONE
+
+    # -- local replies -----------------------------------------------------------------
+
+    def local_error(self, status: int, message: str, extra: bytes = b"") -> None:
+        self.local_reply(
+            status, error_body(status, message, self.request_id), b"application/json", extra
+        )
+
+    def local_reply(
+        self, status: int, body: bytes, content_type: bytes, extra: bytes = b""
+    ) -> None:
+        if not self.body_done:
+            if self.expect or self.state != WAITING:
+                self.close_after = True
+            else:
+                self.discard = True  # read and drop the body, keep the connection
+        client = self.client
+        client.transport.write(
+            reply(
+                status,
+                body,
+                content_type=content_type,
+                close=self.close_after,
+                keep_alive_10=not self.http11,
+                request_id=self.request_id,
+                extra=extra,
+                head_only=self.is_head,
+            )
+        )
+        self.state = DONE
+        self.pending = []
+        if not self.discard:
+            client.exchange_finished(self)

@@ -1,0 +1,95 @@
+"""Header names and head serialisation helpers, all bytes."""
+
+from __future__ import annotations
+
+# RFC 9110 §7.6.1 hop-by-hop fields (connection, keep-alive, proxy-connection, te,
+# transfer-encoding, upgrade) are never forwarded, nor those named in `Connection`; the
+# gateway sets the framing and X-Forwarded-* fields itself.
+# Request field kinds, looked up once per header by lower-cased name.
+K_HOST, K_CONTENT_LENGTH, K_XFF, K_REQUEST_ID, K_CONNECTION, K_DROP, K_EXPECT, K_TE, K_UPGRADE = (
+    range(9)
+)
+REQUEST_KINDS: dict[bytes, int] = {
+    b"host": K_HOST,
+    b"content-length": K_CONTENT_LENGTH,
+    b"x-forwarded-for": K_XFF,
+    b"x-request-id": K_REQUEST_ID,
+    b"connection": K_CONNECTION,
+    b"keep-alive": K_DROP,
+    b"proxy-connection": K_DROP,
+    b"te": K_DROP,
+    b"transfer-encoding": K_TE,
+    b"upgrade": K_UPGRADE,
+    b"x-forwarded-proto": K_DROP,
+    b"x-forwarded-host": K_DROP,
+    b"expect": K_EXPECT,
+}
+
+# Response field kinds.
+R_CONTENT_LENGTH, R_CONNECTION, R_DROP, R_TE, R_UPGRADE = range(5)
+RESPONSE_KINDS: dict[bytes, int] = {
+    b"content-length": R_CONTENT_LENGTH,
+    b"connection": R_CONNECTION,
+    b"keep-alive": R_DROP,
+    b"proxy-connection": R_DROP,
+    b"te": R_DROP,
+    b"transfer-encoding": R_TE,
+    b"upgrade": R_UPGRADE,
+}
+
+# Tokens of a `Connection` header that name no other header.
+CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
+
+REQUEST_ID_MAX = 200
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    201: b"Created",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """Lower-cased tokens of a `Connection` header value."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def drop_named(parts: list[bytes], start: int, names: set[bytes]) -> list[bytes]:
+    """Remove `name: value\\r\\n` groups (4 parts each, from `start`) whose name is in `names`."""
+    kept = parts[:start]
+    for i in range(start, len(parts), 4):
+        if parts[i].lower() not in names:
+            kept.extend(parts[i : i + 4])
+    return kept
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """The pieces of one chunk of a chunked body."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
+    """The zero-size chunk that ends a chunked body, with trailer fields."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"

@@ -1,0 +1,225 @@
+"""The master process: starts workers, restarts crashed ones, reloads on SIGHUP, drains on stop.
+
+It runs no event loop: it blocks in `sigtimedwait` on the signals it handles. A reload is
+validated here once; only a valid config is sent to the workers, each over its own pipe, so
+every worker switches to exactly the config the master checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from .config.loader import ConfigError, Loaded, load
+from .worker import bind, encode_config, run_worker
+
+log = logging.getLogger("fastgw.supervisor")
+
+HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+# A worker that dies sooner than this after starting counts as crash-looping.
+FAST_CRASH = 1.0
+MAX_BACKOFF = 10.0
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    pid: int = 0
+    control: int = -1  # write end of the config pipe
+    started: float = 0.0
+    backoff: float = 0.0
+    due: float = 0.0  # when a crashed worker may be restarted
+
+
+def worker_count(setting: int | str) -> int:
+    if setting == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    return int(setting)
+
+
+def check_listeners(loaded: Loaded) -> list[str]:
+    """Bind each address once, so that a busy port is reported before any worker starts."""
+    server = loaded.config.server
+    addresses = [listener.address for listener in server.listen]
+    if server.admin is not None:
+        addresses.append(server.admin)
+    problems = []
+    for host, port in addresses:
+        try:
+            bind(host, port).close()
+        except OSError as exc:
+            problems.append(f"cannot listen on {host}:{port}: {exc.strerror}")
+    return problems
+
+
+class Supervisor:
+    def __init__(self, path: str, loaded: Loaded) -> None:
+        self.path = path
+        self.loaded = loaded
+        self.version = 1
+        self.slots = [WorkerSlot(i) for i in range(worker_count(loaded.config.server.workers))]
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        log.info(
+            "fastgw %s: config version %d (%s), %d worker(s), listening on %s",
+            self.path,
+            self.version,
+            self.loaded.digest,
+            len(self.slots),
+            ", ".join(
+                f"{h}:{p}" for h, p in (lst.address for lst in self.loaded.config.server.listen)
+            ),
+        )
+        for slot in self.slots:
+            self.spawn(slot)
+        while True:
+            info = signal.sigtimedwait(HANDLED, 0.5)
+            if info is not None:
+                if info.si_signo == signal.SIGCHLD:
+                    self.reap()
+                elif info.si_signo == signal.SIGHUP and not self.stopping:
+                    self.reload()
+                elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                    return self.stop()
+            else:
+                self.reap()
+            self.restart_due()
+
+    def spawn(self, slot: WorkerSlot) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.close(write_fd)
+                for other in self.slots:
+                    if other.control >= 0:
+                        os.close(other.control)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+                code = run_worker(self.loaded, self.version, slot.index, read_fd)
+            except BaseException:
+                log.exception("worker %d failed", slot.index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(read_fd)
+        slot.pid = pid
+        slot.control = write_fd
+        slot.started = time.monotonic()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for slot in self.slots:
+                if slot.pid == pid:
+                    self.worker_exited(slot, status)
+
+    def worker_exited(self, slot: WorkerSlot, status: int) -> None:
+        os.close(slot.control)
+        slot.control = -1
+        slot.pid = 0
+        if self.stopping:
+            return
+        lived = time.monotonic() - slot.started
+        slot.backoff = min(MAX_BACKOFF, max(0.5, slot.backoff * 2)) if lived < FAST_CRASH else 0.0
+        slot.due = time.monotonic() + slot.backoff
+        log.error(
+            "worker %d exited unexpectedly (%s); restarting%s",
+            slot.index,
+            _describe_status(status),
+            f" in {slot.backoff:.1f}s" if slot.backoff else "",
+        )
+
+    def restart_due(self) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid == 0 and now >= slot.due:
+                self.spawn(slot)
+
+    def reload(self) -> None:
+        log.info("SIGHUP: reloading %s", self.path)
+        try:
+            loaded = load(self.path)
+        except ConfigError as exc:
+            log.error(
+                "reload failed; still serving config version %d (%s):\n%s",
+                self.version,
+                self.loaded.digest,
+                "\n".join(f"  {e}" for e in exc.errors),
+            )
+            return
+        old = self.loaded.config.server
+        new = loaded.config.server
+        if (old.listen, old.workers, old.admin) != (new.listen, new.workers, new.admin):
+            log.warning(
+                "changes to server.listen, server.workers and server.admin take effect after a restart"
+            )
+        self.loaded = loaded
+        self.version += 1
+        frame = encode_config(loaded, self.version)
+        for slot in self.slots:
+            if slot.control >= 0:
+                try:
+                    os.write(slot.control, frame)
+                except OSError as exc:
+                    log.error("could not send the config to worker %d: %s", slot.index, exc)
+        log.info(
+            "config version %d (%s) sent to %d worker(s)",
+            self.version,
+            loaded.digest,
+            len(self.slots),
+        )
+
+    def stop(self) -> int:
+        self.stopping = True
+        deadline = time.monotonic() + self.loaded.config.server.timeouts.drain + 5.0
+        log.info("stopping: draining workers")
+        for slot in self.slots:
+            if slot.pid:
+                os.kill(slot.pid, signal.SIGTERM)
+        while any(slot.pid for slot in self.slots):
+            if time.monotonic() > deadline:
+                for slot in self.slots:
+                    if slot.pid:
+                        log.error("worker %d did not stop in time; killing it", slot.index)
+                        os.kill(slot.pid, signal.SIGKILL)
+                deadline = float("inf")
+            signal.sigtimedwait({signal.SIGCHLD}, 0.2)
+            self.reap()
+        log.info("stopped")
+        return 0
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def serve(path: str) -> int:
+    """`fastgw run`: load, check the listeners, supervise until stopped."""
+    try:
+        loaded = load(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    problems = check_listeners(loaded)
+    if problems:
+        for problem in problems:
+            log.error("%s", problem)
+        return 1
+    return Supervisor(path, loaded).run()

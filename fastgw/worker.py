@@ -1,0 +1,202 @@
+"""One worker process: a uvloop event loop serving the listeners with the live Runtime.
+
+The worker binds its own listening sockets with SO_REUSEPORT, takes new configs from the
+supervisor over a pipe (already validated there), and drains on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+from typing import Any
+
+import orjson
+import uvloop
+
+from .config.loader import Loaded
+from .http.client import ClientProtocol
+from .runtime import Runtime, compile_runtime, local_runtime
+from .upstream.pool import Registry
+
+log = logging.getLogger("fastgw.worker")
+
+FRAME = struct.Struct("!I")
+
+
+class Site:
+    """What one listener serves: its live Runtime and its scheme."""
+
+    __slots__ = ("proto_line", "runtime", "scheme")
+
+    def __init__(self, runtime: Runtime, scheme: bytes = b"http") -> None:
+        self.runtime = runtime
+        self.scheme = scheme
+        self.proto_line = b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
+
+
+def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening socket with SO_REUSEPORT, so each worker accepts on its own queue."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def encode_config(loaded: Loaded, version: int) -> bytes:
+    payload = pickle.dumps((loaded, version))
+    return FRAME.pack(len(payload)) + payload
+
+
+class Worker:
+    def __init__(self, loaded: Loaded, version: int, index: int, control_fd: int | None) -> None:
+        self.loaded = loaded
+        self.version = version
+        self.index = index
+        self.control_fd = control_fd
+        self.control_buffer = b""
+        self.loop: Any = None
+        self.registry: Registry | None = None
+        self.connections: set[ClientProtocol] = set()
+        self.draining = False
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stopped: asyncio.Future | None = None
+        self.request_prefix = os.urandom(6).hex().encode() + b"-"
+        self.request_count = 0
+        self.site: Site | None = None
+
+    def next_request_id(self) -> bytes:
+        # PERF: a per-worker random prefix and a counter: unique without uuid4's cost.
+        self.request_count += 1
+        return self.request_prefix + b"%x" % self.request_count
+
+    async def main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.registry = Registry(self.loop)
+        self.stopped = self.loop.create_future()
+        config = self.loaded.config
+        self.site = Site(compile_runtime(config, self.registry, self.version, self.loaded.digest))
+        for listener in config.server.listen:
+            sock = bind(*listener.address)
+            self.servers.append(
+                await self.loop.create_server(lambda: ClientProtocol(self, self.site), sock=sock)
+            )
+        if config.server.admin is not None:
+            admin = Site(
+                local_runtime(self.admin_handlers(), config.server.limits, config.server.timeouts)
+            )
+            sock = bind(*config.server.admin)
+            self.servers.append(
+                await self.loop.create_server(lambda: ClientProtocol(self, admin), sock=sock)
+            )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.drain)
+        if self.control_fd is not None:
+            os.set_blocking(self.control_fd, False)
+            self.loop.add_reader(self.control_fd, self.read_control)
+        log.info(
+            "worker %d (pid %d) serving config version %d (%s)",
+            self.index,
+            os.getpid(),
+            self.version,
+            self.loaded.digest,
+        )
+        await self.stopped
+
+    def admin_handlers(self) -> dict[str, Any]:
+        def healthz(_exchange: Any) -> tuple[int, bytes, bytes]:
+            return 200, b"application/json", b'{"status":"ok"}'
+
+        def readyz(_exchange: Any) -> tuple[int, bytes, bytes]:
+            body = {
+                "status": "draining" if self.draining else "ready",
+                "config_version": self.version,
+            }
+            return (503 if self.draining else 200), b"application/json", orjson.dumps(body)
+
+        return {"/healthz": healthz, "/readyz": readyz}
+
+    def read_control(self) -> None:
+        """Frames from the supervisor: a new validated config to switch to."""
+        try:
+            data = os.read(self.control_fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            log.warning("worker %d: supervisor is gone; draining", self.index)
+            self.loop.remove_reader(self.control_fd)
+            self.drain()
+            return
+        self.control_buffer += data
+        while len(self.control_buffer) >= FRAME.size:
+            (size,) = FRAME.unpack_from(self.control_buffer)
+            if len(self.control_buffer) < FRAME.size + size:
+                break
+            payload = self.control_buffer[FRAME.size : FRAME.size + size]
+            self.control_buffer = self.control_buffer[FRAME.size + size :]
+            loaded, version = pickle.loads(payload)
+            self.apply(loaded, version)
+
+    def apply(self, loaded: Loaded, version: int) -> None:
+        """Switch to a new config: one reference swap; requests in flight keep their runtime."""
+        try:
+            runtime = compile_runtime(loaded.config, self.registry, version, loaded.digest)
+        except Exception:
+            log.exception(
+                "worker %d: could not apply config version %d; keeping %d",
+                self.index,
+                version,
+                self.version,
+            )
+            return
+        self.site.runtime = runtime
+        self.loaded = loaded
+        self.version = version
+        log.info(
+            "worker %d (pid %d) config version %d (%s) live",
+            self.index,
+            os.getpid(),
+            version,
+            loaded.digest,
+        )
+
+    def drain(self) -> None:
+        """Stop accepting, let requests in flight finish up to the drain deadline, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        deadline = self.loop.time() + self.loaded.config.server.timeouts.drain
+        log.info("worker %d draining %d connection(s)", self.index, len(self.connections))
+        self.loop.create_task(self._wait_drained(deadline))
+
+    async def _wait_drained(self, deadline: float) -> None:
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        self.registry.close_all()
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+
+def run_worker(loaded: Loaded, version: int, index: int, control_fd: int | None) -> int:
+    worker = Worker(loaded, version, index, control_fd)
+    uvloop.run(worker.main())
+    log.info("worker %d (pid %d) stopped", index, os.getpid())
+    return 0
