@@ -186,8 +186,13 @@ class Exchange:
         self.content_length = content_length
         self.chunked = chunked
         self.expect = expect and self.http11
+        # Only websocket is tunnelled; other upgrades (h2c...) are dropped and HTTP goes on.
         self.upgrade = (
-            upgrade if upgrade is not None and self.client.parser.should_upgrade() else None
+            upgrade
+            if upgrade is not None
+            and upgrade.lower() == b"websocket"
+            and self.client.parser.should_upgrade()
+            else None
         )
         if host is None and self.http11:
             self.refuse(400, "missing Host header")

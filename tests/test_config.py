@@ -1,0 +1,262 @@
+"""Config loading and validation: every error class, with its path, all at once."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fastgw.config.loader import ConfigError, load, validate
+
+from .support import ROOT
+
+GOOD = {
+    "upstreams": {"echo": {"targets": [{"url": "http://127.0.0.1:9001"}]}},
+    "routes": [{"name": "echo", "match": {"paths": ["/echo/*"]}, "upstream": "echo"}],
+}
+
+
+def errors_of(document):
+    with pytest.raises(ConfigError) as info:
+        validate(document)
+    return info.value.errors
+
+
+def test_defaults_are_secure_and_documented():
+    config = validate(GOOD)
+    assert config.server.workers == 1
+    assert config.server.listen[0].address == ("127.0.0.1", 8080)
+    assert config.server.limits.max_header_bytes == 16384
+    assert config.server.limits.max_body_bytes == 10 * 1024 * 1024
+    assert config.server.timeouts.client_header == 10.0
+    assert config.upstreams["echo"].pool.max_idle == 64
+    assert config.routes[0].preserve_host is True
+    assert config.routes[0].strip_prefix is False
+
+
+def test_every_error_is_reported_at_once_with_its_path():
+    document = {
+        "server": {
+            "workers": 0,
+            "timeouts": {"keepalive": "5 minutes"},
+            "limits": {"max_body_bytes": "10MB"},
+            "lisen": "x",
+        },
+        "upstreams": {
+            "echo": {"targets": [{"url": "http://127.0.0.1:9001", "weight": "1"}]},
+            "users": {"targets": [{"url": "127.0.0.1:9002"}]},
+        },
+        "routes": [
+            {"match": {"paths": ["/a"]}, "upstream": "userz"},
+            {"match": {"paths": ["/b"], "methods": "GET"}, "upstream": "echo"},
+            {"match": {"paths": ["/c"]}, "upstream": "echo", "strip_prefix": "yes"},
+        ],
+    }
+    errors = errors_of(document)
+    expected = [
+        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts)",
+        'server.workers: expected an integer >= 1 or "auto", got 0',
+        "server.limits.max_body_bytes: expected a size such as 16384, 16KiB or 10MiB, got '10MB'",
+        "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h or plain seconds, got '5 minutes'",
+        "upstreams.echo.targets[0].weight: expected an integer >= 0 <= 10000, got '1'",
+        "upstreams.users.targets[0].url: expected a URL 'http://host:port' such as 'http://127.0.0.1:9001', got '127.0.0.1:9002'",
+        "routes[0].upstream: unknown upstream 'userz' (known: echo, users)",
+        "routes[1].match.methods: expected a list, got 'GET'",
+        "routes[2].strip_prefix: expected true or false, got 'yes'",
+    ]
+    assert sorted(errors) == sorted(expected)
+
+
+def test_ties_are_errors_but_more_specific_routes_are_not():
+    base = {"upstreams": GOOD["upstreams"]}
+    tie = dict(
+        base,
+        routes=[
+            {"match": {"paths": ["/users/{id}"]}, "upstream": "echo"},
+            {"match": {"paths": ["/users/{name}"]}, "upstream": "echo"},
+        ],
+    )
+    (error,) = errors_of(tie)
+    assert error.startswith("routes[1].match: ties with routes[0] on path '/users/{name}'")
+    fine = dict(
+        base,
+        routes=[
+            {"match": {"paths": ["/users/{id}"]}, "upstream": "echo"},
+            {"match": {"paths": ["/users/{id}"], "methods": ["POST"]}, "upstream": "echo"},
+            {"match": {"paths": ["/users/{id}"], "hosts": ["a.example.com"]}, "upstream": "echo"},
+            {"match": {"paths": ["/users/*"]}, "upstream": "echo"},
+            {"match": {"paths": ["/x"], "methods": ["GET"]}, "upstream": "echo"},
+            {"match": {"paths": ["/x"], "methods": ["POST"]}, "upstream": "echo"},
+        ],
+    )
+    validate(fine)
+    same_methods = dict(
+        base,
+        routes=[
+            {"match": {"paths": ["/x"], "methods": ["GET", "PUT"]}, "upstream": "echo"},
+            {"match": {"paths": ["/x"], "methods": ["PUT"]}, "upstream": "echo"},
+        ],
+    )
+    assert "ties with routes[0]" in errors_of(same_methods)[0]
+
+
+def test_bad_paths_hosts_and_names():
+    document = {
+        "upstreams": GOOD["upstreams"],
+        "routes": [
+            {"match": {"paths": ["api/*"]}, "upstream": "echo"},
+            {"match": {"paths": ["/api*"]}, "upstream": "echo"},
+            {"match": {"paths": ["/a/*/b"]}, "upstream": "echo"},
+            {"match": {"paths": ["/ok"], "hosts": ["bad host"]}, "upstream": "echo"},
+            {"name": "dup", "match": {"paths": ["/p"]}, "upstream": "echo"},
+            {"name": "dup", "match": {"paths": ["/q"]}, "upstream": "echo"},
+            {"match": {"paths": []}, "upstream": "echo"},
+            {"upstream": "echo"},
+        ],
+    }
+    errors = errors_of(document)
+    joined = "\n".join(errors)
+    for path in (
+        "routes[0].match.paths[0]",
+        "routes[1].match.paths[0]",
+        "routes[2].match.paths[0]",
+    ):
+        assert f"{path}: expected a path starting with '/'" in joined
+    assert "routes[3].match.hosts[0]: expected a host name" in joined
+    assert "routes[5].name: duplicate route name 'dup' (also routes[4])" in joined
+    assert "routes[6].match.paths: expected at least 1 item(s)" in joined
+    assert "routes[7].match: required key is missing" in joined
+
+
+def test_units():
+    config = validate(
+        {
+            "server": {
+                "timeouts": {"client_header": "250ms", "keepalive": "5m", "drain": 7},
+                "limits": {
+                    "max_header_bytes": "16KiB",
+                    "max_body_bytes": "1GiB",
+                    "max_request_line": 100,
+                },
+            },
+            "upstreams": {
+                "u": {
+                    "targets": [{"url": "http://[::1]:80"}],
+                    "timeouts": {"read": "1h", "connect": 0.5},
+                }
+            },
+        }
+    )
+    assert config.server.timeouts.client_header == 0.25
+    assert config.server.timeouts.keepalive == 300
+    assert config.server.timeouts.drain == 7
+    assert config.server.limits.max_header_bytes == 16384
+    assert config.server.limits.max_body_bytes == 1 << 30
+    assert config.upstreams["u"].timeouts.read == 3600
+    assert config.upstreams["u"].targets[0].url == ("http", "::1", 80)
+
+
+def test_listen_forms_and_workers_auto():
+    config = validate(
+        {
+            "server": {
+                "listen": ["127.0.0.1:1", {"address": "[::1]:2"}, "0.0.0.0:3"],
+                "workers": "auto",
+            }
+        }
+    )
+    assert [lst.address for lst in config.server.listen] == [
+        ("127.0.0.1", 1),
+        ("::1", 2),
+        ("0.0.0.0", 3),
+    ]
+    assert config.server.workers == "auto"
+    errors = errors_of({"server": {"listen": ["127.0.0.1:99999", {"adress": "x"}], "admin": 5}})
+    assert (
+        "server.listen[0].address: expected an address 'host:port'" in errors[0]
+        or "server.listen[0]" in errors[0]
+    )
+    assert any(e.startswith("server.listen[1].adress: unknown key") for e in errors)
+    assert any(e.startswith("server.admin: expected an address") for e in errors)
+
+
+def test_top_level_and_syntax_errors(tmp_path):
+    assert errors_of({"route": []}) == [
+        "route: unknown key (expected one of: server, upstreams, routes)"
+    ]
+    assert errors_of([1]) == ["expected a mapping at the top level, got [1]"]
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("server: [\n")
+    with pytest.raises(ConfigError) as info:
+        load(bad_yaml)
+    assert info.value.errors[0].startswith("invalid YAML")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("server = [\n")
+    with pytest.raises(ConfigError) as info:
+        load(bad_toml)
+    assert info.value.errors[0].startswith("invalid TOML")
+    other = tmp_path / "conf.json"
+    other.write_text("{}")
+    with pytest.raises(ConfigError) as info:
+        load(other)
+    assert "unknown file type '.json'" in info.value.errors[0]
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "missing.yaml")
+    assert "cannot read file" in info.value.errors[0]
+
+
+def test_shipped_yaml_and_toml_are_the_same_config():
+    yaml_config = load(ROOT / "config" / "fastgw.yaml").config
+    toml_config = load(ROOT / "config" / "fastgw.toml").config
+    assert yaml_config == toml_config
+    assert yaml_config.routes
+
+
+def fastgw(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "fastgw", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+
+
+def test_check_command(tmp_path):
+    result = fastgw("check", "-c", "config/fastgw.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok: config/fastgw.yaml")
+    assert "2 route(s), 1 upstream(s), 1 target(s)" in result.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        textwrap.dedent("""
+        upstreams:
+          echo: {targets: [{url: "http://127.0.0.1:1"}]}
+        routes:
+          - {match: {paths: ["/a"]}, upstream: userz}
+          - {match: {paths: ["/b"]}, upstream: echo, strip_prefix: 3}
+    """)
+    )
+    result = fastgw("check", "-c", str(bad))
+    assert result.returncode == 1
+    assert "2 error(s)" in result.stdout
+    assert "routes[0].upstream: unknown upstream 'userz' (known: echo)" in result.stdout
+    assert "routes[1].strip_prefix: expected true or false, got 3" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_routes_command():
+    result = fastgw("routes", "-c", "config/fastgw.toml")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["PATH", "METHODS", "HOSTS", "ROUTE", "UPSTREAM", "OPTIONS"]
+    assert lines[1].split() == ["/echo/*", "GET,HEAD,POST", "*", "echo", "echo", "-"]
+    assert lines[2].split() == ["/users/{id}", "*", "*", "echo-users", "echo", "-"]
+
+
+def test_run_with_invalid_config_exits_1_with_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: {workers: many}\n")
+    result = fastgw("run", "-c", str(bad))
+    assert result.returncode == 1
+    assert "server.workers: expected an integer >= 1 or \"auto\", got 'many'" in result.stderr
