@@ -296,6 +296,11 @@ def parse_responses(data: bytes, methods: list[str]) -> list[Response]:
     return responses
 
 
+def upstream_open(port: int) -> int:
+    """Connections open at the test upstream, asked directly (not counting the asking one)."""
+    return request(port, "GET", "/stats", host="u").json()["open"] - 1
+
+
 def status_of(data: bytes) -> int:
     """The status code of the first response in raw bytes."""
     match = re.match(rb"HTTP/1\.[01] (\d{3}) ", data)

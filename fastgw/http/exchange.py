@@ -470,7 +470,7 @@ class Exchange:
     def local_reply(
         self, status: int, body: bytes, content_type: bytes, extra: bytes = b""
     ) -> None:
-        if not self.body_done:
+        if not self.body_done and not self.close_after:
             if self.expect or self.state != WAITING:
                 self.close_after = True
             else:

@@ -78,7 +78,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.last_io = 0.0
         self.idle_since = 0.0
         self.read_timeout = 30.0
-        self.idle_timeout = 60.0
+        self.idle_timeout = endpoint.idle_timeout
 
     # -- connection events -------------------------------------------------------------
 
@@ -258,13 +258,19 @@ class UpstreamProtocol(asyncio.Protocol):
         self.last_io = now
         self.read_timeout = read_timeout
         if self.timer is None:
-            self.timer = self.endpoint.loop.call_at(now + read_timeout, self._on_timer)
+            self.timer = self.endpoint.loop.call_at(now + self.tick(), self._on_timer)
 
     def park(self, now: float, idle_timeout: float) -> None:
         """Back to the pool: the next dispatch is a reuse."""
         self.reused = True
         self.idle_since = now
         self.idle_timeout = idle_timeout
+        if self.timer is None:
+            self.timer = self.endpoint.loop.call_at(now + self.tick(), self._on_timer)
+
+    def tick(self) -> float:
+        """The longest the timer sleeps, so that neither deadline is missed."""
+        return min(self.read_timeout, self.idle_timeout)
 
     def abort(self) -> None:
         self.exchange = None
@@ -273,7 +279,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         # PERF: one timer per connection, never per request; it re-arms itself for the
-        # nearest deadline and never sleeps longer than the read timeout.
+        # nearest deadline and never sleeps longer than the shorter of the two timeouts.
         now = self.endpoint.loop.time()
         self.timer = None
         if self.tunnel is not None or self.transport.is_closing():
@@ -292,5 +298,4 @@ class UpstreamProtocol(asyncio.Protocol):
                 self.endpoint.forget(self)
                 self.transport.close()
                 return
-            due = min(due, now + self.read_timeout)
-        self.timer = self.endpoint.loop.call_at(due, self._on_timer)
+        self.timer = self.endpoint.loop.call_at(min(due, now + self.tick()), self._on_timer)

@@ -14,7 +14,8 @@ written by hand so that the server can also misbehave on purpose. The path picks
   /ws                   `101 Switching Protocols`, then echo bytes back upper-cased
   /stale                answer the first request of a connection; close on a later one
   /midbody-reset        promise 1 MiB, send 1 KiB, reset the connection
-  /sink                 read the body without answering until all of it arrived; reply its size
+  /sink                 reply with the size and sha256 of the body
+  /stats                how many connections are open now
   anything else         200 JSON echo: method, target, headers, body size and sha256, connection id
 """
 
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 CONNECTION_IDS = itertools.count(1)
+OPEN = [0]  # connections open right now, for /stats
 TRAILERS: dict[int, list] = {}  # request trailers, by id of the h11 Request (frozen)
 
 
@@ -41,6 +43,7 @@ def head(status: int, headers: list[tuple[str, str]], reason: str = "X") -> byte
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     conn_id = next(CONNECTION_IDS)
+    OPEN[0] += 1
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
     served = 0
     sock = writer.get_extra_info("socket")
@@ -69,6 +72,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     except (ConnectionError, h11.RemoteProtocolError, _Tunnel):
         pass
     finally:
+        OPEN[0] -= 1
         writer.close()
 
 
@@ -116,6 +120,8 @@ async def respond(
     elif path == "/big":
         size = int(query.get("size", "1048576"))
         w(head(200, [("Content-Length", str(size)), ("Content-Type", "application/octet-stream")]))
+        if request.method == b"HEAD":
+            size = 0
         block = bytes(range(256)) * 1024
         sent = 0
         while sent < size:
@@ -164,6 +170,9 @@ async def respond(
         await writer.drain()
         writer.transport.abort()
         return False
+    elif path == "/stats":
+        body = json.dumps({"open": OPEN[0], "connections": conn_id}).encode()
+        w(head(200, [("Content-Length", str(len(body)))]) + body)
     elif path == "/sink":
         body = json.dumps({"body_bytes": body_size, "sha256": digest}).encode()
         w(
