@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -240,3 +241,54 @@ def test_demo_serves_the_shipped_example(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
+
+
+def test_workers_auto_starts_one_per_core(upstream, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    gw = Gateway(tmp_path, base_config(upstream.url, workers="auto"))
+    gw.config["server"]["workers"] = cores  # what the fixture waits for
+    gw.start()
+    try:
+        assert len(gw.worker_pids()) == cores
+        assert f"{cores} worker(s)" in gw.log()
+    finally:
+        gw.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("strace") is None and not os.environ.get("CI"), reason="strace not installed"
+)
+def test_head_and_small_body_leave_in_one_write_each_way(upstream, tmp_path):
+    """Split writes meet delayed ACKs at paced rates: each message goes out in one syscall."""
+    gw = Gateway(tmp_path, base_config(upstream.url)).start()
+    trace = tmp_path / "strace.txt"
+    try:
+        (worker,) = gw.worker_pids()
+        with Client(gw.port) as client:
+            assert client.request("GET", "/warm").status == 200  # a pooled upstream connection
+            tracer = subprocess.Popen(
+                [
+                    "strace",
+                    "-p",
+                    str(worker),
+                    "-e",
+                    "trace=write,writev,sendto,sendmsg",
+                    "-s",
+                    "65536",
+                    "-o",
+                    str(trace),
+                ],
+                stderr=subprocess.PIPE,
+            )
+            assert "attached" in tracer.stderr.readline().decode()  # strace: Process N attached
+            response = client.request("POST", "/onewrite", body=b"small-body")
+            assert response.status == 200
+        tracer.terminate()
+        tracer.wait(5)
+        calls = trace.read_text().splitlines()
+        to_upstream = [c for c in calls if "POST /onewrite" in c]
+        assert len(to_upstream) == 1 and "small-body" in to_upstream[0], to_upstream
+        to_client = [c for c in calls if "HTTP/1.1 200" in c]
+        assert len(to_client) == 1 and '\\"served\\"' in to_client[0], to_client
+    finally:
+        gw.stop()

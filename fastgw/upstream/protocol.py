@@ -9,10 +9,16 @@ timeout (while busy) and the idle timeout (while pooled); it is re-armed only wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
 
 from ..http.headers import (
     CONNECTION_OPTIONS,
@@ -29,6 +35,8 @@ from ..http.headers import (
 
 if TYPE_CHECKING:
     from .pool import Endpoint
+
+log = logging.getLogger("fastgw.upstream")
 
 # How the body goes to the client.
 BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_SWITCHING = range(4)
@@ -124,7 +132,9 @@ class UpstreamProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
             self._start_tunnel(data[upgrade.args[0] :])
-        except HttpParserError:
+        except HttpParserError as exc:
+            if isinstance(exc, HttpParserCallbackError):
+                log.error("internal error while relaying a response", exc_info=exc.__context__)
             exchange = self.exchange
             if exchange is not None:
                 self.exchange = None
