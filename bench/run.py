@@ -1,0 +1,478 @@
+"""Load-test fastgw side by side with the upstream alone (the ceiling) and nginx (the reference).
+
+`python -m bench.run SCENARIO... [--pin] [--json FILE] [--duration S] [--smoke] [--builtin]`
+
+Scenarios: small, large, huge, upload, routes10k, idle, latency, workers, plugins (see
+bench/README.md). Targets run interleaved (A B C A B C ...) against the same upstream with the
+same load; ratios are paired per repetition. wrk measures throughput and h2load fixed-rate
+latency; without them a built-in generator runs instead, and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import tools
+from .procs import (
+    NGINX_BUFFERS,
+    ROOT,
+    BenchUpstream,
+    FastGW,
+    Nginx,
+    cpu_seconds,
+    nginx_available,
+    rss_kib,
+)
+
+SCENARIOS = (
+    "small",
+    "large",
+    "huge",
+    "upload",
+    "routes10k",
+    "idle",
+    "latency",
+    "workers",
+    "plugins",
+)
+
+
+@dataclass
+class Run:
+    """Settings of this bench run and everything it measured."""
+
+    workdir: Path
+    duration: float
+    reps: int | None
+    pin: bool
+    use_tools: bool
+    smoke: bool
+    notes: list[str] = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def proxy_cpu(self) -> str | None:
+        return "0" if self.pin else None
+
+    @property
+    def load_cpu(self) -> str | None:
+        return "1" if self.pin else None
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            print(f"note: {text}", flush=True)
+
+
+def load(
+    run: Run,
+    url: str,
+    connections: int,
+    duration: float,
+    method: str = "GET",
+    body_size: int = 0,
+    rps: float = 0.0,
+) -> dict:
+    """One measurement with the best generator available."""
+    if rps:
+        if run.use_tools and tools.have("h2load"):
+            return tools.h2load(url, connections, duration, rps, run.workdir, run.load_cpu)
+        run.note(
+            "h2load not used (not installed or --builtin): fixed-rate latency from the built-in generator"
+        )
+        return tools.builtin(url, connections, duration, run.load_cpu, rps=rps)
+    if run.use_tools and tools.have("wrk"):
+        return tools.wrk(url, connections, duration, run.workdir, run.load_cpu, method, body_size)
+    run.note(
+        "wrk not used (not installed or --builtin): throughput from the built-in generator (smoke quality)"
+    )
+    return tools.builtin(url, connections, duration, run.load_cpu, method, body_size)
+
+
+def measure(run: Run, name: str, pids: list[int], port: int, path: str = "/bench", **kw) -> dict:
+    before = cpu_seconds(pids) if pids else 0.0
+    result = load(run, f"http://127.0.0.1:{port}{path}", **kw)
+    used = cpu_seconds(pids) - before if pids else 0.0
+    result["target"] = name
+    result["rps"] = result["requests"] / result["seconds"] if result["seconds"] else 0.0
+    result["cpu_us_per_request"] = (
+        used * 1e6 / result["requests"] if pids and result["requests"] else None
+    )
+    result["peak_rss_kib"] = rss_kib(pids, "VmHWM") if pids else None
+    return result
+
+
+def proxies(run: Run, upstream_port: int, with_nginx: bool = True) -> list:
+    started = [FastGW(run.workdir, upstream_port, cpu=run.proxy_cpu)]
+    if with_nginx and nginx_available():
+        started.append(Nginx(run.workdir, upstream_port, cpu=run.proxy_cpu))
+    elif with_nginx:
+        run.note("nginx not installed: no reference column")
+    return started
+
+
+def interleaved(
+    run: Run, targets: list[tuple[str, list[int], int]], reps: int, **kw
+) -> list[list[dict]]:
+    """Each repetition runs every target once, in turn; a short warm-up run comes first."""
+    for _name, pids, port in targets:
+        load(run, f"http://127.0.0.1:{port}/bench", **dict(kw, duration=min(1.0, kw["duration"])))
+    rounds = []
+    for rep in range(reps):
+        rounds.append([measure(run, name, pids, port, **kw) for name, pids, port in targets])
+        print(
+            f"  rep {rep + 1}/{reps}: "
+            + ", ".join(f"{r['target']} {r['rps']:.0f} req/s" for r in rounds[-1]),
+            flush=True,
+        )
+    return rounds
+
+
+def summarise(
+    rounds: list[list[dict]], baseline: str | None = "direct", reference: str | None = "nginx"
+) -> dict:
+    """Medians per target, and ratios paired within each repetition."""
+    names = [r["target"] for r in rounds[0]]
+    summary: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        rows = [rnd[i] for rnd in rounds]
+        entry = {
+            key: statistics.median(r[key] for r in rows)
+            for key in ("rps", "p50", "p90", "p99", "p999")
+        }
+        cpu = [r["cpu_us_per_request"] for r in rows if r["cpu_us_per_request"] is not None]
+        entry["cpu_us_per_request"] = statistics.median(cpu) if cpu else None
+        rss = [r["peak_rss_kib"] for r in rows if r["peak_rss_kib"] is not None]
+        entry["peak_rss_kib"] = max(rss) if rss else None
+        entry["errors"] = sum(r["errors"] for r in rows)
+        entry["tool"] = rows[0]["tool"]
+        for other, key in ((baseline, "vs_direct"), (reference, "vs_nginx")):
+            if other in names and other != name:
+                j = names.index(other)
+                paired = [rnd[i]["rps"] / rnd[j]["rps"] for rnd in rounds if rnd[j]["rps"]]
+                entry[key] = statistics.median(paired) if paired else None
+                entry[key + "_each"] = paired
+        summary[name] = entry
+    return summary
+
+
+def print_table(title: str, summary: dict) -> None:
+    print(f"\n{title}")
+    header = f"{'target':<14}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'CPU us/req':>12}{'peak RSS':>11}{'vs direct':>11}{'vs nginx':>10}"
+    print(header)
+    for name, e in summary.items():
+        cpu = f"{e['cpu_us_per_request']:.1f}" if e.get("cpu_us_per_request") is not None else "-"
+        rss = f"{e['peak_rss_kib'] / 1024:.1f}M" if e.get("peak_rss_kib") is not None else "-"
+        vd = f"{e['vs_direct']:.2f}x" if e.get("vs_direct") is not None else "-"
+        vn = f"{e['vs_nginx']:.2f}x" if e.get("vs_nginx") is not None else "-"
+        print(
+            f"{name:<14}{e['rps']:>10.0f}{e['p50'] / 1000:>9.2f}{e['p90'] / 1000:>9.2f}{e['p99'] / 1000:>9.2f}{e['p999'] / 1000:>10.2f}{cpu:>12}{rss:>11}{vd:>11}{vn:>10}"
+        )
+
+
+def throughput(
+    run: Run, name: str, size: str, connections: int = 64, method: str = "GET", body_size: int = 0
+) -> dict:
+    upstream = BenchUpstream(run.workdir, size, cpu=run.load_cpu)
+    started = proxies(run, upstream.port)
+    try:
+        targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
+        rounds = interleaved(
+            run,
+            targets,
+            run.reps or 3,
+            connections=connections,
+            duration=run.duration,
+            method=method,
+            body_size=body_size,
+        )
+    finally:
+        for service in (*started, upstream):
+            service.stop()
+    summary = summarise(rounds)
+    print_table(
+        f"{name}: {method} {size}-byte response, {connections} keep-alive connections", summary
+    )
+    return {"summary": summary, "rounds": rounds}
+
+
+def scenario_small(run: Run) -> dict:
+    return throughput(run, "small", "12")
+
+
+def scenario_large(run: Run) -> dict:
+    run.note(NGINX_BUFFERS)
+    return throughput(run, "large", "64KiB")
+
+
+def scenario_upload(run: Run) -> dict:
+    return throughput(run, "upload", "12", method="POST", body_size=4096)
+
+
+def scenario_routes10k(run: Run) -> dict:
+    upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
+    few = FastGW(run.workdir, upstream.port, routes=10, cpu=run.proxy_cpu)
+    many = FastGW(run.workdir, upstream.port, routes=10_000, cpu=run.proxy_cpu)
+    try:
+        targets = [("fastgw-10", few.pids(), few.port), ("fastgw-10k", many.pids(), many.port)]
+        rounds = interleaved(run, targets, run.reps or 3, connections=64, duration=run.duration)
+    finally:
+        for service in (few, many, upstream):
+            service.stop()
+    summary = summarise(rounds, baseline="fastgw-10", reference=None)
+    print_table(
+        "routes10k: small with 10 and with 10,000 routes (vs direct = vs 10 routes)", summary
+    )
+    return {"summary": summary, "rounds": rounds}
+
+
+def scenario_workers(run: Run) -> dict:
+    upstream = BenchUpstream(run.workdir, "12")
+    one = FastGW(run.workdir, upstream.port, workers=1)
+    two = FastGW(run.workdir, upstream.port, workers=2)
+    cores = len(os.sched_getaffinity(0))
+    run.note(
+        f"workers: unpinned on {cores} core(s); wrk and the upstream share them, so 2 workers can reach 1.8x only with >= 4 cores"
+    )
+    try:
+        targets = [("workers-1", one.pids(), one.port), ("workers-2", two.pids(), two.port)]
+        rounds = interleaved(run, targets, run.reps or 3, connections=64, duration=run.duration)
+    finally:
+        for service in (one, two, upstream):
+            service.stop()
+    summary = summarise(rounds, baseline="workers-1", reference=None)
+    print_table("workers: small with workers: 1 and workers: 2 (vs direct = vs 1 worker)", summary)
+    return {"summary": summary, "rounds": rounds}
+
+
+def scenario_latency(run: Run) -> dict:
+    rate, seconds = (200, 2.0) if run.smoke else (2000, 10.0)
+    upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
+    started = proxies(run, upstream.port)
+    try:
+        targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
+        rounds = interleaved(
+            run, targets, run.reps or 1, connections=16, duration=seconds, rps=rate
+        )
+    finally:
+        for service in (*started, upstream):
+            service.stop()
+    summary = summarise(rounds)
+    direct = summary["direct"]
+    for name, entry in summary.items():
+        entry["added_p50_ms"] = (entry["p50"] - direct["p50"]) / 1000
+        entry["added_p99_ms"] = (entry["p99"] - direct["p99"]) / 1000
+    print_table(f"latency: {rate} req/s for {seconds:.0f} s over 16 connections", summary)
+    for name, entry in summary.items():
+        if name != "direct":
+            print(
+                f"  {name}: added over direct p50 {entry['added_p50_ms']:.3f} ms, p99 {entry['added_p99_ms']:.3f} ms"
+            )
+    return {"summary": summary, "rounds": rounds}
+
+
+def transfer(port: int, size: int, upload: bool) -> float:
+    """Download or upload `size` bytes through one connection; seconds taken."""
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        if upload:
+            sock.sendall(b"POST /bench HTTP/1.1\r\nHost: b\r\nContent-Length: %d\r\n\r\n" % size)
+            block = b"u" * (1 << 20)
+            left = size
+            while left:
+                sock.sendall(block[: min(left, len(block))])
+                left -= min(left, len(block))
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                reply += sock.recv(65536)
+        else:
+            sock.sendall(b"GET /bench HTTP/1.1\r\nHost: b\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            received = len(head.partition(b"\r\n\r\n")[2])
+            buffer = bytearray(1 << 20)
+            while received < size:
+                n = sock.recv_into(buffer)
+                if not n:
+                    raise ConnectionError("closed early")
+                received += n
+    return time.perf_counter() - started
+
+
+def scenario_huge(run: Run) -> dict:
+    size = (8 if run.smoke else 100) << 20
+    label = f"{size >> 20}MiB"
+    rows = {}
+    for direction, upstream_size in (("download", label), ("upload", "12")):
+        upstream = BenchUpstream(run.workdir, upstream_size, cpu=run.load_cpu)
+        started = proxies(run, upstream.port)
+        try:
+            for service in started:
+                pids = service.pids()
+                transfer(service.port, 1 << 20, direction == "upload")  # warm up
+                before = rss_kib(pids)
+                seconds = transfer(service.port, size, direction == "upload")
+                peak = rss_kib(pids, "VmHWM")
+                rows[f"{service.name} {direction}"] = {
+                    "mib_per_s": size / seconds / (1 << 20),
+                    "rss_before_kib": before,
+                    "rss_growth_kib": peak - before,
+                }
+        finally:
+            for service in (*started, upstream):
+                service.stop()
+    print(f"\nhuge: {label} through one connection (peak RSS growth over the transfer)")
+    for name, row in rows.items():
+        print(
+            f"  {name:<20} {row['mib_per_s']:>8.0f} MiB/s   RSS growth {row['rss_growth_kib'] / 1024:>6.1f} MiB"
+        )
+    return {"summary": rows}
+
+
+async def hold_idle(port: int, count: int) -> list:
+    """Open `count` keep-alive connections, one request each, and keep them open."""
+    writers = []
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /bench HTTP/1.1\r\nHost: b\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        writers.append(writer)
+
+    for start in range(0, count, 500):
+        await asyncio.gather(*(one() for _ in range(min(500, count - start))))
+    return writers
+
+
+def scenario_idle(run: Run) -> dict:
+    count = 500 if run.smoke else 10_000
+    upstream = BenchUpstream(run.workdir, "12")
+    started = proxies(run, upstream.port)
+    rows = {}
+    try:
+        for service in started:
+            pids = service.pids()
+            before = rss_kib(pids)
+
+            async def measure_idle(port: int = service.port, pids: list[int] = pids) -> int:
+                writers = await hold_idle(port, count)
+                after = rss_kib(pids)
+                for writer in writers:
+                    writer.close()
+                return after
+
+            after = asyncio.run(measure_idle())
+            rows[service.name] = {
+                "connections": count,
+                "rss_per_connection_kib": (after - before) / count,
+            }
+    finally:
+        for service in (*started, upstream):
+            service.stop()
+    print(f"\nidle: {count} idle keep-alive connections")
+    for name, row in rows.items():
+        print(f"  {name:<8} {row['rss_per_connection_kib']:.1f} KiB of RSS per connection")
+    return {"summary": rows}
+
+
+def scenario_plugins(run: Run) -> dict:
+    """`small` with the plugin chain on; the plugin issues add their chains here."""
+    print("\nplugins: no plugins exist yet; the plugin issues add their chains to this scenario")
+    return {"summary": {}}
+
+
+def machine() -> dict:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit or "unknown",
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.machine(),
+        ),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("scenarios", nargs="+", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run")
+    parser.add_argument(
+        "--reps", type=int, help="repetitions (default: 3 for throughput, 1 for latency)"
+    )
+    parser.add_argument(
+        "--pin", action="store_true", help="proxy alone on CPU 0, load and upstream on CPU 1"
+    )
+    parser.add_argument(
+        "--builtin", action="store_true", help="use the built-in generator even if wrk/h2load exist"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a quick run: short, one repetition, small sizes"
+    )
+    args = parser.parse_args(argv)
+    names = SCENARIOS if "all" in args.scenarios else args.scenarios
+    cores = len(os.sched_getaffinity(0))
+    pin = args.pin
+    if pin and cores < 2:
+        print("note: --pin needs at least 2 cores; running unpinned")
+        pin = False
+    with tempfile.TemporaryDirectory(prefix="fastgw-bench-") as tmp:
+        run = Run(
+            Path(tmp),
+            1.0 if args.smoke else args.duration,
+            1 if args.smoke else args.reps,
+            pin,
+            not args.builtin,
+            args.smoke,
+        )
+        info = machine()
+        print(
+            f"fastgw bench {info['date']} commit {info['commit']} on {info['cores']} core(s) ({info['cpu']}), Python {info['python']}"
+        )
+        print(
+            "pinned: proxy on CPU 0; load generator and upstream on CPU 1"
+            if pin
+            else "not pinned: all processes share the cores"
+        )
+        for name in names:
+            print(f"\n== {name}", flush=True)
+            run.results[name] = globals()[f"scenario_{name}"](run)
+        if run.notes:
+            print("\nnotes:\n" + "\n".join(f"- {n}" for n in run.notes))
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    {"machine": info, "pinned": pin, "notes": run.notes, "results": run.results},
+                    indent=1,
+                )
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
