@@ -62,7 +62,7 @@ class LoadProtocol(asyncio.Protocol):
 def percentile(sorted_values: list[int], p: float) -> int:
     if not sorted_values:
         return 0
-    index = min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))
+    index = min(len(sorted_values) - 1, round(p / 100 * (len(sorted_values) - 1)))
     return sorted_values[index]
 
 

@@ -128,7 +128,7 @@ def interleaved(
     run: Run, targets: list[tuple[str, list[int], int]], reps: int, **kw
 ) -> list[list[dict]]:
     """Each repetition runs every target once, in turn; a short warm-up run comes first."""
-    for _name, pids, port in targets:
+    for _name, _pids, port in targets:
         load(run, f"http://127.0.0.1:{port}/bench", **dict(kw, duration=min(1.0, kw["duration"])))
     rounds = []
     for rep in range(reps):

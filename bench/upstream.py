@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -53,7 +54,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.queue: list[bool] = []  # keep-alive flag of each request awaiting its answer
-        self.streaming = 0  # body bytes of a large response still to send
+        self.task: asyncio.Future | None = None  # a large response being streamed
         self.writable = asyncio.Event()
         self.writable.set()
 
@@ -80,13 +81,13 @@ class UpstreamProtocol(asyncio.Protocol):
         elif self.response.whole is not None:
             self.answer(keep)
         else:
-            asyncio.ensure_future(self.stream(keep))
+            self.task = asyncio.ensure_future(self.stream(keep))
 
     def answer(self, keep: bool) -> None:
         if self.transport.is_closing():
             return
         if self.response.whole is None:
-            asyncio.ensure_future(self.stream(keep))
+            self.task = asyncio.ensure_future(self.stream(keep))
             return
         self.transport.write(self.response.whole)
         if not keep:
@@ -149,10 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunked", action="store_true", help="chunked instead of Content-Length")
     args = parser.parse_args(argv)
     response = Response(args.status, args.size, args.chunked)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(args.host, args.port, response, args.delay))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
