@@ -272,7 +272,7 @@ def scenario_latency(run: Run) -> dict:
             service.stop()
     summary = summarise(rounds)
     direct = summary["direct"]
-    for name, entry in summary.items():
+    for entry in summary.values():
         entry["added_p50_ms"] = (entry["p50"] - direct["p50"]) / 1000
         entry["added_p99_ms"] = (entry["p99"] - direct["p99"]) / 1000
     print_table(f"latency: {rate} req/s for {seconds:.0f} s over 16 connections", summary)
