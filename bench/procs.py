@@ -164,7 +164,8 @@ http {{
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     client_max_body_size 0;
-    upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+    keepalive_requests 1000000;
+    upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 256; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{

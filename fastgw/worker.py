@@ -7,6 +7,7 @@ supervisor over a pipe (already validated there), and drains on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import pickle
@@ -88,6 +89,7 @@ class Worker:
         self.stopped = self.loop.create_future()
         config = self.loaded.config
         self.site = Site(compile_runtime(config, self.registry, self.version, self.loaded.digest))
+        settle_heap()
         for listener in config.server.listen:
             sock = bind(*listener.address)
             self.servers.append(
@@ -164,6 +166,7 @@ class Worker:
         self.site.runtime = runtime
         self.loaded = loaded
         self.version = version
+        settle_heap()
         log.info(
             "worker %d (pid %d) config version %d (%s) live",
             self.index,
@@ -193,6 +196,17 @@ class Worker:
         self.registry.close_all()
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+
+def settle_heap() -> None:
+    """Move the config and everything built from it out of the cyclic GC's reach.
+
+    PERF: a full collection walks every tracked object; with 10,000 routes that walk costs
+    requests per second (bench `routes10k`). What is frozen is still freed by reference
+    counting when a reload replaces it (the runtime holds no reference cycles).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run_worker(loaded: Loaded, version: int, index: int, control_fd: int | None) -> int:
