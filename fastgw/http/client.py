@@ -40,17 +40,18 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "current",
         "head_raw",
-        "head_size",
         "head_start",
         "header_timeout",
         "headers",
         "idle_limit",
         "idle_since",
         "in_feed",
+        "in_head",
         "keepalive",
         "max_body",
         "max_header",
         "max_line",
+        "measure_head",
         "parser",
         "parsing",
         "paused",
@@ -73,9 +74,10 @@ class ClientProtocol(asyncio.Protocol):
         self.parser: Any = HttpRequestParser(self)
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
         self.head_raw = 0
         self.head_start: float | None = None
+        self.in_head = False
+        self.measure_head = False
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
         self.queue: deque[Exchange] | None = None
@@ -140,6 +142,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.tunnel_early.append(data)  # bytes after an upgrade request, before the 101
             return
         self.in_feed = True
+        # PERF: a head that arrives within one read no larger than the header limit cannot
+        # break it: only heads spread over reads, or bigger reads, are measured exactly.
+        self.measure_head = self.head_raw > 0 or len(data) > self.max_header
         try:
             parser.feed_data(data)
         except HttpParserCallbackError as exc:
@@ -158,8 +163,15 @@ class ClientProtocol(asyncio.Protocol):
         current = self.current
         if current is not None and current.pending:
             current.flush()
-        elif self.head_start is not None and self.parser is not None:
-            self.head_raw += len(data)  # a head still arriving: bound what httptools buffers
+        if self.in_head and self.parser is not None:
+            # A head still arriving: its timeout runs from now; bound what httptools buffers.
+            if self.head_start is None:
+                self.head_start = self.worker.loop.time()
+                if self.timer is None:
+                    self.timer = self.worker.loop.call_at(
+                        self.head_start + self.header_timeout, self._on_timer
+                    )
+            self.head_raw += len(data)
             if self.head_raw > self.max_header + self.max_line:
                 self.reject(431, "request header too large")
 
@@ -214,13 +226,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.head_size = 0
-        self.head_raw = 0
-        self.head_start = self.worker.loop.time()
-        if self.timer is None:
-            self.timer = self.worker.loop.call_at(
-                self.head_start + self.header_timeout, self._on_timer
-            )
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -228,18 +234,19 @@ class ClientProtocol(asyncio.Protocol):
             raise Reject(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        parsing = self.parsing
-        if parsing is not None:
-            parsing.request_trailer(name, value)
-            return
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.max_header:
-            raise Reject(431, "request header too large")
-        self.headers.append((name, value))
+        if self.parsing is None:
+            self.headers.append((name, value))
+        else:
+            self.parsing.request_trailer(name, value)
 
     def on_headers_complete(self) -> None:
+        if self.measure_head:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.max_header:
+                raise Reject(431, "request header too large")
+        self.in_head = False
         self.head_start = None
-        self.head_size = 0
+        self.head_raw = 0
         exchange = Exchange(self, self.url, self.headers)
         self.parsing = exchange
         self.serve(exchange)
@@ -297,6 +304,7 @@ class ClientProtocol(asyncio.Protocol):
     def reject(self, status: int, message: str) -> None:
         """The byte stream broke the protocol or a limit: answer in turn, then close."""
         self.parser = None
+        self.in_head = False
         self.head_start = None
         self._pause(PAUSE_DEAD)
         parsing = self.parsing
@@ -363,7 +371,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def close_if_idle(self) -> None:
         """Draining: close now unless a request is in flight or arriving."""
-        if self.current is None and self.head_start is None and self.tunnel is None:
+        if self.current is None and not self.in_head and self.tunnel is None:
             self.close()
 
     def _on_timer(self) -> None:

@@ -31,7 +31,7 @@ from .headers import (
     drop_named,
     last_chunk,
 )
-from .paths import needs_normalising, normalise
+from .paths import normalise
 from .replies import CONTINUE, error_body, reply
 
 if TYPE_CHECKING:
@@ -227,7 +227,8 @@ class Exchange:
             else:
                 self.refuse(400, "invalid request target")
             return
-        if needs_normalising(path):
+        # PERF: three scans for markers instead of a call; most paths are clean.
+        if b"/." in path or b"//" in path or b"%2" in path:
             normal = normalise(path)
             if normal is None:
                 self.refuse(400, "invalid path")

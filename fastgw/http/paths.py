@@ -7,11 +7,6 @@
 from __future__ import annotations
 
 
-def needs_normalising(path: bytes) -> bool:
-    # PERF: one scan per marker; the common clean path pays three `in` checks.
-    return b"/." in path or b"//" in path or b"%2" in path
-
-
 def normalise(path: bytes) -> bytes | None:
     """The normalised path, or None when `..` climbs above the root."""
     decoded = path.replace(b"%2e", b".").replace(b"%2E", b".")
