@@ -158,6 +158,7 @@ def summarise(
         rss = [r["peak_rss_kib"] for r in rows if r["peak_rss_kib"] is not None]
         entry["peak_rss_kib"] = max(rss) if rss else None
         entry["errors"] = sum(r["errors"] for r in rows)
+        entry["requests"] = sum(r["requests"] for r in rows)
         entry["tool"] = rows[0]["tool"]
         for other, key in ((baseline, "vs_direct"), (reference, "vs_nginx")):
             if other in names and other != name:
@@ -396,9 +397,13 @@ def scenario_plugins(run: Run) -> dict:
 
 
 def machine() -> dict:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        )
+        commit = done.stdout.strip()
+    except OSError:
+        commit = ""
     return {
         "date": datetime.date.today().isoformat(),
         "commit": commit or "unknown",

@@ -13,7 +13,7 @@ from .support import ROOT
 TOOLS = all(shutil.which(t) for t in ("wrk", "h2load", "nginx"))
 
 
-def bench(tmp_path, *args):
+def bench(tmp_path, *args, env=None):
     out = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", *args, "--smoke", "--json", str(out)],
@@ -21,6 +21,7 @@ def bench(tmp_path, *args):
         text=True,
         cwd=ROOT,
         timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout, json.loads(out.read_text())
@@ -46,12 +47,23 @@ def test_bench_smoke_with_wrk_h2load_and_nginx(tmp_path):
     assert "built-in" not in stdout
 
 
-def test_bench_smoke_falls_back_to_the_builtin_generator_and_says_so(tmp_path):
-    stdout, data = bench(tmp_path, "small", "--builtin")
+def test_bench_smoke_without_the_tools_falls_back_and_says_so(tmp_path):
+    # A PATH with only Python on it: no wrk, h2load, nginx (nor git).
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))
+    stdout, data = bench(tmp_path, "small", "latency", env=env)
     assert "throughput from the built-in generator" in stdout
+    assert "fixed-rate latency from the built-in generator" in stdout
+    assert "nginx not installed: no reference column" in stdout
     fastgw = data["results"]["small"]["summary"]["fastgw"]
     assert fastgw["tool"] == "built-in"
     assert fastgw["rps"] > 0 and fastgw["errors"] == 0
+    assert set(data["results"]["small"]["summary"]) == {"direct", "fastgw"}
+    assert data["results"]["latency"]["summary"]["fastgw"]["tool"] == "built-in"
+
+
+def test_bench_builtin_flag_uses_the_builtin_generator(tmp_path):
+    _, data = bench(tmp_path, "small", "--builtin")
+    assert data["results"]["small"]["summary"]["fastgw"]["tool"] == "built-in"
     assert any("built-in" in note for note in data["notes"])
 
 
