@@ -223,21 +223,32 @@ def scenario_upload(run: Run) -> dict:
     return throughput(run, "upload", "12", method="POST", body_size=4096)
 
 
+def compare(
+    run: Run, title: str, first: tuple[str, FastGW], second: tuple[str, FastGW], stop: list
+) -> dict:
+    """Two fastgw set-ups against the same upstream, interleaved; the second relative to the first."""
+    try:
+        targets = [(name, gw.pids(), gw.port) for name, gw in (first, second)]
+        rounds = interleaved(run, targets, run.reps or 3, connections=64, duration=run.duration)
+    finally:
+        for service in stop:
+            service.stop()
+    summary = summarise(rounds, baseline=first[0], reference=None)
+    print_table(title, summary)
+    return {"summary": summary, "rounds": rounds}
+
+
 def scenario_routes10k(run: Run) -> dict:
     upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
     few = FastGW(run.workdir, upstream.port, routes=10, cpu=run.proxy_cpu)
     many = FastGW(run.workdir, upstream.port, routes=10_000, cpu=run.proxy_cpu)
-    try:
-        targets = [("fastgw-10", few.pids(), few.port), ("fastgw-10k", many.pids(), many.port)]
-        rounds = interleaved(run, targets, run.reps or 3, connections=64, duration=run.duration)
-    finally:
-        for service in (few, many, upstream):
-            service.stop()
-    summary = summarise(rounds, baseline="fastgw-10", reference=None)
-    print_table(
-        "routes10k: small with 10 and with 10,000 routes (vs direct = vs 10 routes)", summary
+    return compare(
+        run,
+        "routes10k: small with 10 and with 10,000 routes (vs direct = vs 10 routes)",
+        ("fastgw-10", few),
+        ("fastgw-10k", many),
+        [few, many, upstream],
     )
-    return {"summary": summary, "rounds": rounds}
 
 
 def scenario_workers(run: Run) -> dict:
@@ -246,17 +257,16 @@ def scenario_workers(run: Run) -> dict:
     two = FastGW(run.workdir, upstream.port, workers=2)
     cores = len(os.sched_getaffinity(0))
     run.note(
-        f"workers: unpinned on {cores} core(s); wrk and the upstream share them, so 2 workers can reach 1.8x only with >= 4 cores"
+        f"workers: unpinned on {cores} core(s); wrk and the upstream share them, "
+        "so 2 workers can reach 1.8x only with >= 4 cores"
     )
-    try:
-        targets = [("workers-1", one.pids(), one.port), ("workers-2", two.pids(), two.port)]
-        rounds = interleaved(run, targets, run.reps or 3, connections=64, duration=run.duration)
-    finally:
-        for service in (one, two, upstream):
-            service.stop()
-    summary = summarise(rounds, baseline="workers-1", reference=None)
-    print_table("workers: small with workers: 1 and workers: 2 (vs direct = vs 1 worker)", summary)
-    return {"summary": summary, "rounds": rounds}
+    return compare(
+        run,
+        "workers: small with workers: 1 and workers: 2 (vs direct = vs 1 worker)",
+        ("workers-1", one),
+        ("workers-2", two),
+        [one, two, upstream],
+    )
 
 
 def scenario_latency(run: Run) -> dict:

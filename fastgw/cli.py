@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from .config.loader import ConfigError, build_router, load
+from .config.loader import ConfigError, Loaded, build_router, load
 
 
 def setup_logging(level: str) -> None:
@@ -19,6 +19,15 @@ def setup_logging(level: str) -> None:
     )
 
 
+def load_or_report(path: str) -> Loaded | None:
+    """The validated config, or None after printing every error."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(str(exc))
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .supervisor import serve
 
@@ -26,10 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        loaded = load(args.config)
-    except ConfigError as exc:
-        print(str(exc))
+    loaded = load_or_report(args.config)
+    if loaded is None:
         return 1
     config = loaded.config
     listen = ", ".join(f"{h}:{p}" for h, p in (lst.address for lst in config.server.listen))
@@ -42,10 +49,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    try:
-        loaded = load(args.config)
-    except ConfigError as exc:
-        print(str(exc))
+    loaded = load_or_report(args.config)
+    if loaded is None:
         return 1
     routes = loaded.config.routes
     router, _ = build_router(routes)
@@ -93,10 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_echo
     from .supervisor import serve
 
-    try:
-        loaded = load(args.config)
-    except ConfigError as exc:
-        print(str(exc))
+    loaded = load_or_report(args.config)
+    if loaded is None:
         return 1
     targets = [t.url for u in loaded.config.upstreams.values() for t in u.targets]
     if not targets:

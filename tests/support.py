@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "servers" / "upstream.py"
+
+
+def in_parallel(call, count: int, timeout: float = 30.0) -> list:
+    """Run `call()` in `count` threads at once; the results, in completion order."""
+    results: list = []
+
+    def one() -> None:
+        results.append(call())
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 import json
 import socket
-import threading
 import time
 
 import pytest
@@ -11,6 +10,7 @@ from .support import (
     Client,
     Gateway,
     base_config,
+    in_parallel,
     raw_exchange,
     read_until_closed,
     request,
@@ -178,15 +178,6 @@ def test_max_connections(strict):
     )
 
 
-def test_concurrent_clients_while_one_is_slow(strict):
-    results = []
-
-    def worker():
-        results.append(request(strict.port, "GET", "/echo").status)
-
-    threads = [threading.Thread(target=worker) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+def test_concurrent_clients(strict):
+    results = in_parallel(lambda: request(strict.port, "GET", "/echo").status, 10)
     assert results == [200] * 10

@@ -2,11 +2,19 @@
 and one retry when a pooled connection turns out to be closed."""
 
 import socket
-import threading
 
 import pytest
 
-from .support import Client, Gateway, Upstream, base_config, request, upstream_open, wait_for
+from .support import (
+    Client,
+    Gateway,
+    Upstream,
+    base_config,
+    in_parallel,
+    request,
+    upstream_open,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -36,16 +44,7 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(pooled):
 
 
 def test_idle_connections_are_bounded_and_expire(pooled, own_upstream):
-    results = []
-
-    def slow():
-        results.append(request(pooled.port, "GET", "/slow?delay=0.5").status)
-
-    threads = [threading.Thread(target=slow) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    results = in_parallel(lambda: request(pooled.port, "GET", "/slow?delay=0.5").status, 5)
     assert results == [200] * 5
     wait_for(lambda: upstream_open(own_upstream.port) == 2, what="max_idle=2 connections kept")
     # idle_timeout: 1s closes the rest.
