@@ -134,6 +134,7 @@ class Router:
         self.exact: dict[bytes, list[Candidate]] = {}
         self.root = _Node()
         self._groups: list[list[Candidate]] = []
+        self.by_header = False  # some route matches on header values: match() needs them
 
     def add(
         self,
@@ -180,6 +181,7 @@ class Router:
     def finish(self) -> list[tuple[int, str]]:
         """Order candidates most specific first; return ties as (route index, message)."""
         ties: list[tuple[int, str]] = []
+        self.by_header = any(c.headers for group in self._groups for c in group)
         for group in self._groups:
             group.sort(key=lambda c: (c.rank, -c.index), reverse=True)
             for i, a in enumerate(group):

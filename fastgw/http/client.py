@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .exchange import Exchange
+from .headers import REQUEST_KINDS, REQUEST_KINDS_SENT, UNLISTED
 from .replies import error_body, reply
 
 if TYPE_CHECKING:
@@ -39,10 +40,10 @@ class Reject(Exception):
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "current",
+        "fwd",
         "head_raw",
         "head_start",
         "header_timeout",
-        "headers",
         "idle_limit",
         "idle_since",
         "in_feed",
@@ -58,6 +59,7 @@ class ClientProtocol(asyncio.Protocol):
         "peer",
         "queue",
         "site",
+        "special",
         "timer",
         "transport",
         "tunnel",
@@ -73,7 +75,8 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: Any = None
         self.parser: Any = HttpRequestParser(self)
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.fwd: list[bytes] = []  # forwarded fields, as `name: value\r\n` pieces
+        self.special: list[tuple[int, bytes, bytes]] = []  # (kind, name, value) for the gateway
         self.head_raw = 0
         self.head_start: float | None = None
         self.in_head = False
@@ -225,7 +228,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.url = b""
-        self.headers = []
+        self.fwd = []
+        self.special = []
         self.in_head = True
 
     def on_url(self, url: bytes) -> None:
@@ -235,19 +239,27 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.parsing is None:
-            self.headers.append((name, value))
+            # PERF: each field is sorted once, here: forwarded as it is, or kept for the gateway.
+            kind = REQUEST_KINDS_SENT.get(name, UNLISTED)
+            if kind == UNLISTED:
+                kind = REQUEST_KINDS.get(name.lower())
+            if kind is None:
+                self.fwd += (name, b": ", value, b"\r\n")
+            else:
+                self.special.append((kind, name, value))
         else:
             self.parsing.request_trailer(name, value)
 
     def on_headers_complete(self) -> None:
         if self.measure_head:
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            size = len(self.url) + sum(map(len, self.fwd))
+            size += sum(len(n) + len(v) + 4 for _, n, v in self.special)
             if size > self.max_header:
                 raise Reject(431, "request header too large")
         self.in_head = False
         self.head_start = None
         self.head_raw = 0
-        exchange = Exchange(self, self.url, self.headers)
+        exchange = Exchange(self, self.url, self.fwd, self.special)
         self.parsing = exchange
         self.serve(exchange)
 

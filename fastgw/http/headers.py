@@ -37,6 +37,43 @@ RESPONSE_KINDS: dict[bytes, int] = {
     b"upgrade": R_UPGRADE,
 }
 
+# PERF: field names usually arrive in one of two casings; a lookup by the name as sent skips
+# `lower()` and a fresh hash. Names not listed fall back to the lower-cased table.
+UNLISTED = -1
+COMMON_FIELDS = (
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"authorization",
+    b"cache-control",
+    b"content-type",
+    b"cookie",
+    b"date",
+    b"etag",
+    b"last-modified",
+    b"location",
+    b"origin",
+    b"referer",
+    b"server",
+    b"set-cookie",
+    b"user-agent",
+    b"vary",
+    b"x-real-ip",
+)
+
+
+def by_sent_name(kinds: dict[bytes, int]) -> dict[bytes, int | None]:
+    """`kinds` plus the common fields, keyed by lower-case and by Title-Case names."""
+    table: dict[bytes, int | None] = {}
+    for name, kind in [*kinds.items(), *((f, None) for f in COMMON_FIELDS if f not in kinds)]:
+        table[name] = kind
+        table[b"-".join(part.capitalize() for part in name.split(b"-"))] = kind
+    return table
+
+
+REQUEST_KINDS_SENT = by_sent_name(REQUEST_KINDS)
+RESPONSE_KINDS_SENT = by_sent_name(RESPONSE_KINDS)
+
 # Tokens of a `Connection` header that name no other header.
 CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
 

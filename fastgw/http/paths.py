@@ -6,6 +6,11 @@
 
 from __future__ import annotations
 
+import re
+
+# Dot segments (also `%2e`), repeated slashes, encoded characters worth a look.
+NEEDS_NORMALISING = re.compile(rb"/\.|//|%2").search
+
 
 def normalise(path: bytes) -> bytes | None:
     """The normalised path, or None when `..` climbs above the root."""

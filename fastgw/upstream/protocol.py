@@ -27,6 +27,8 @@ from ..http.headers import (
     R_TE,
     R_UPGRADE,
     RESPONSE_KINDS,
+    RESPONSE_KINDS_SENT,
+    UNLISTED,
     chunk,
     connection_tokens,
     drop_named,
@@ -48,17 +50,21 @@ class UpstreamProtocol(asyncio.Protocol):
         "close_delimited",
         "endpoint",
         "exchange",
-        "headers",
         "idle_since",
         "idle_timeout",
         "in_head",
         "last_io",
         "out",
         "parser",
+        "parts",
         "read_timeout",
         "reason",
         "received",
         "reused",
+        "special",
+        "status",
+        "status_line",
+        "status_reason",
         "timer",
         "trailers",
         "transport",
@@ -71,7 +77,11 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport: Any = None
         self.parser = HttpResponseParser(self)
         self.exchange: Any = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []  # forwarded fields of the response head, as pieces
+        self.special: list[tuple[int, bytes, bytes]] = []  # (kind, name, value) to look at
+        self.status = 0  # PERF: the status line is formatted again only when it changes
+        self.status_reason = b""
+        self.status_line = b""
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.reason = b""
         self.reused = False
@@ -156,7 +166,14 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
-            self.headers.append((name, value))
+            # PERF: each field is sorted once, here: forwarded as it is, or looked at below.
+            kind = RESPONSE_KINDS_SENT.get(name, UNLISTED)
+            if kind == UNLISTED:
+                kind = RESPONSE_KINDS.get(name.lower())
+            if kind is None:
+                self.parts += (name, b": ", value, b"\r\n")
+            else:
+                self.special.append((kind, name, value))
         else:
             if self.trailers is None:
                 self.trailers = []
@@ -164,23 +181,20 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        parts = self.parts
+        special = self.special
+        self.parts = []
+        self.special = []
         if status < 200 and status != 101:
-            self.headers = []  # an interim response (100, 103): dropped, as nginx does
-            return
+            return  # an interim response (100, 103): dropped, as nginx does
         exchange = self.exchange
         exchange.response_started()
         self.in_head = False
-        headers = self.headers
-        self.headers = []
         no_body = exchange.is_head or status == 204 or status == 304 or status == 101
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason)]
         has_length = chunked = False
         named: set[bytes] | None = None
-        for name, value in headers:
-            kind = RESPONSE_KINDS.get(name.lower())
-            if kind is None:
-                parts += (name, b": ", value, b"\r\n")
-            elif kind == R_CONTENT_LENGTH:
+        for kind, name, value in special:
+            if kind == R_CONTENT_LENGTH:
                 has_length = True
                 parts += (name, b": ", value, b"\r\n")
             elif kind == R_TE:
@@ -193,7 +207,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 self.upgrade = value
             # anything else in RESPONSE_KINDS is hop-by-hop and not forwarded
         if named:
-            parts = drop_named(parts, 1, named)
+            parts = drop_named(parts, 0, named)
         close = exchange.close_after
         if status == 101:
             parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
@@ -214,7 +228,11 @@ class UpstreamProtocol(asyncio.Protocol):
         elif not exchange.http11:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        if status != self.status or self.reason != self.status_reason:
+            self.status = status
+            self.status_reason = self.reason
+            self.status_line = b"HTTP/1.1 %d %s\r\n" % (status, self.reason)
+        self.out.append(self.status_line + b"".join(parts))
         if exchange.is_head and status != 101:
             # PERF: httptools cannot be told that a response answers HEAD; it would wait for a
             # body. The response ends here and a fresh parser takes the next one.
