@@ -40,6 +40,7 @@ class Reject(Exception):
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "current",
+        "forwarded",
         "fwd",
         "head_raw",
         "head_start",
@@ -107,6 +108,7 @@ class ClientProtocol(asyncio.Protocol):
         self.keepalive = timeouts.keepalive
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
+        self.forwarded = b"X-Forwarded-For: " + self.peer + self.site.proto_line
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -298,13 +298,22 @@ class Exchange:
         if self.query is not None:
             path = path + b"?" + self.query
         host = self.host if route.preserve_host and self.host else endpoint.host_header
-        xff = client.peer if self.xff is None else self.xff + b", " + client.peer
         parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         parts += self.fwd
-        parts += (b"X-Forwarded-For: ", xff, client.site.proto_line)
+        if self.xff is None:
+            parts.append(client.forwarded)  # PERF: built once per connection
+        else:
+            parts += (b"X-Forwarded-For: ", self.xff, b", ", client.peer, client.site.proto_line)
         if self.host is not None:
-            parts += (b"X-Forwarded-Host: ", self.host, b"\r\n")
-        parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
+            parts += (
+                b"X-Forwarded-Host: ",
+                self.host,
+                b"\r\nX-Request-ID: ",
+                self.request_id,
+                b"\r\n",
+            )
+        else:
+            parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
         if self.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length >= 0:
