@@ -236,8 +236,9 @@ class UpstreamProtocol(asyncio.Protocol):
         if exchange.is_head and status != 101:
             # PERF: httptools cannot be told that a response answers HEAD; it would wait for a
             # body. The response ends here and a fresh parser takes the next one.
+            reusable = self.parser.should_keep_alive()
             self.parser = HttpResponseParser(self)
-            self._end_of_response(reusable=not self.close_delimited)
+            self._end_of_response(reusable=reusable)
 
     def on_body(self, data: bytes) -> None:
         if self.exchange is None:
