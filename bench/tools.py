@@ -31,6 +31,19 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
+def run_tool(args: list[str], duration: float, cpu: str | None) -> str:
+    """Run a load generator (on `cpu` if given) for about `duration` s; its standard output."""
+    done = subprocess.run(
+        [*pinned(cpu), *args],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+        cwd=ROOT,
+    )
+    return done.stdout
+
+
 def wrk(
     url: str,
     connections: int,
@@ -43,9 +56,8 @@ def wrk(
     script = workdir / f"wrk-{method}-{body_size}.lua"
     body = f'wrk.body = string.rep("x", {body_size})' if body_size else ""
     script.write_text(WRK_SCRIPT.format(method=method, body=body))
-    out = subprocess.run(
+    out = run_tool(
         [
-            *pinned(cpu),
             "wrk",
             "-t1",
             f"-c{connections}",
@@ -56,11 +68,9 @@ def wrk(
             str(script),
             url,
         ],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
-    ).stdout
+        duration,
+        cpu,
+    )
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     return dict(json.loads(line[len("RESULT ") :]), tool="wrk")
 
@@ -72,9 +82,8 @@ def h2load(
     log = workdir / "h2load.log"
     log.unlink(missing_ok=True)
     per_client = max(1, round(rps / connections))
-    subprocess.run(
+    run_tool(
         [
-            *pinned(cpu),
             "h2load",
             "--h1",
             "-c",
@@ -87,10 +96,8 @@ def h2load(
             str(log),
             url,
         ],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
+        duration,
+        cpu,
     )
     latencies = []
     errors = 0
@@ -120,9 +127,8 @@ def builtin(
     body_size: int = 0,
     rps: float = 0.0,
 ) -> dict:
-    out = subprocess.run(
+    out = run_tool(
         [
-            *pinned(cpu),
             sys.executable,
             "-m",
             "bench.load",
@@ -139,10 +145,7 @@ def builtin(
             "--rps",
             str(rps),
         ],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
-        cwd=ROOT,
-    ).stdout
+        duration,
+        cpu,
+    )
     return dict(json.loads(out.splitlines()[-1]), tool="built-in")

@@ -205,13 +205,11 @@ class Router:
         refused: set[bytes] | None = None
         group = self.exact.get(path)
         if group is not None:
-            found = _pick(group, method, host, headers)
-            if found.__class__ is Candidate:
+            found, refused = _pick(group, method, host, headers, refused)
+            if found is not None:
                 return found
-            refused = found
         # PERF: the tree walk and its split only run when no exact path matched.
-        segments = path.split(b"/")
-        found, refused = _walk(self.root, segments, 1, method, host, headers, refused)
+        found, refused = _walk(self.root, path.split(b"/"), 1, method, host, headers, refused)
         if found is not None:
             return found
         return Allow(refused) if refused else None
@@ -242,19 +240,21 @@ class Router:
 
 
 def _pick(
-    group: list[Candidate], method: bytes, host: bytes, headers: list[tuple[bytes, bytes]]
-) -> Candidate | set[bytes] | None:
-    """First candidate of a group that accepts the request, else the methods that would have."""
-    refused: set[bytes] | None = None
+    group: list[Candidate],
+    method: bytes,
+    host: bytes,
+    headers: list[tuple[bytes, bytes]],
+    refused: set[bytes] | None,
+) -> tuple[Candidate | None, set[bytes] | None]:
+    """The first candidate of a group that accepts the request; else add the methods that
+    would have been accepted to `refused` (for the 405's `Allow`)."""
     for c in group:
         if c.has_constraints and not c.accepts(host, headers):
             continue
         if c.methods is None or method in c.methods:
-            return c
-        if refused is None:
-            refused = set()
-        refused |= c.methods
-    return refused
+            return c, refused
+        refused = c.methods | refused if refused else set(c.methods)
+    return None, refused
 
 
 def _walk(
@@ -266,13 +266,12 @@ def _walk(
     headers: list[tuple[bytes, bytes]],
     refused: set[bytes] | None,
 ) -> tuple[Candidate | None, set[bytes] | None]:
+    """Depth first: the static child, then the parameter child, then this node's wildcard."""
     if i == len(segments):
         if node.leaf is not None:
-            found = _pick(node.leaf, method, host, headers)
-            if found.__class__ is Candidate:
+            found, refused = _pick(node.leaf, method, host, headers, refused)
+            if found is not None:
                 return found, refused
-            if found:
-                refused = found | refused if refused else found
     else:
         segment = segments[i]
         child = node.static.get(segment)
@@ -285,11 +284,7 @@ def _walk(
             if found is not None:
                 return found, refused
     if node.wild is not None:
-        found = _pick(node.wild, method, host, headers)
-        if found.__class__ is Candidate:
-            return found, refused
-        if found:
-            refused = found | refused if refused else found
+        return _pick(node.wild, method, host, headers, refused)
     return None, refused
 
 
