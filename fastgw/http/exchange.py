@@ -180,7 +180,7 @@ class Exchange:
                 expect = value.lower() == b"100-continue"
             # K_DROP: hop-by-hop or replaced by the gateway
         if named:
-            self.fwd = drop_named(self.fwd, 0, named)
+            self.fwd = drop_named(self.fwd, named)
         # PERF: get_http_version() formats a string. A keep-alive request with no Connection
         # field can only be HTTP/1.1 (1.0 needs `Connection: keep-alive`), so most skip it.
         parser = self.client.parser

@@ -111,10 +111,10 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
-def drop_named(parts: list[bytes], start: int, names: set[bytes]) -> list[bytes]:
-    """Remove `name: value\\r\\n` groups (4 parts each, from `start`) whose name is in `names`."""
-    kept = parts[:start]
-    for i in range(start, len(parts), 4):
+def drop_named(parts: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Remove the `name: value\\r\\n` groups (4 pieces each) whose name is in `names`."""
+    kept: list[bytes] = []
+    for i in range(0, len(parts), 4):
         if parts[i].lower() not in names:
             kept.extend(parts[i : i + 4])
     return kept

@@ -207,7 +207,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 self.upgrade = value
             # anything else in RESPONSE_KINDS is hop-by-hop and not forwarded
         if named:
-            parts = drop_named(parts, 0, named)
+            parts = drop_named(parts, named)
         close = exchange.close_after
         if status == 101:
             parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
