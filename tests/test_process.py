@@ -292,3 +292,37 @@ def test_head_and_small_body_leave_in_one_write_each_way(upstream, tmp_path):
         assert len(to_client) == 1 and '\\"served\\"' in to_client[0], to_client
     finally:
         gw.stop()
+
+
+def test_reload_closes_connections_to_upstreams_it_removed(upstream, tmp_path):
+    old = Upstream()
+    config = base_config(old.url)
+    config["upstreams"]["new"] = {"targets": [{"url": upstream.url}]}
+    gw = Gateway(tmp_path, config).start()
+    result = {}
+    try:
+        thread = threading.Thread(
+            target=lambda: result.update(r=request(gw.port, "GET", "/slow?delay=1"))
+        )
+        thread.start()
+        wait_for(lambda: upstream_open(old.port) == 1, what="the slow request at the old upstream")
+        new = copy.deepcopy(config)
+        del new["upstreams"]["up"]
+        new["routes"][0]["upstream"] = "new"
+        gw.write_config(new)
+        gw.signal(signal.SIGHUP)
+        gw.wait_log(r"config version 2 \(\w+\) live")
+        thread.join(10)
+        assert (
+            result["r"].status == 200 and result["r"].body == b"slow"
+        )  # finished on the old config
+        # Its connection is closed at once, not kept until the pool's idle timeout (60 s).
+        wait_for(
+            lambda: upstream_open(old.port) == 0,
+            timeout=5,
+            what="the old upstream's connection closed",
+        )
+        assert request(gw.port, "GET", "/x").json()["target"] == "/x"  # new requests use `new`
+    finally:
+        gw.stop()
+        old.stop()

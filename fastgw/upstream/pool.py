@@ -22,7 +22,17 @@ log = logging.getLogger("fastgw.upstream")
 class Endpoint:
     """One upstream address: a LIFO of idle connections (the warmest first) and a dialer."""
 
-    __slots__ = ("host", "host_header", "idle", "idle_timeout", "label", "loop", "max_idle", "port")
+    __slots__ = (
+        "host",
+        "host_header",
+        "idle",
+        "idle_timeout",
+        "label",
+        "loop",
+        "max_idle",
+        "port",
+        "retired",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
@@ -33,6 +43,7 @@ class Endpoint:
         self.idle: list[UpstreamProtocol] = []
         self.max_idle = 64
         self.idle_timeout = 60.0
+        self.retired = False  # no live config names it: connections close when released
 
     def configure(self, pool: Pool) -> None:
         self.max_idle = pool.max_idle
@@ -51,7 +62,7 @@ class Endpoint:
 
     def release(self, conn: UpstreamProtocol, now: float) -> None:
         """Keep a connection whose last exchange ended cleanly, if there is room."""
-        if len(self.idle) < self.max_idle and not conn.transport.is_closing():
+        if len(self.idle) < self.max_idle and not self.retired and not conn.transport.is_closing():
             conn.park(now, self.idle_timeout)
             self.idle.append(conn)
         else:
@@ -106,7 +117,9 @@ class Registry:
         """Close idle connections of endpoints the live config no longer names."""
         for key in list(self.endpoints):
             if key not in used:
-                self.endpoints.pop(key).close_idle()
+                endpoint = self.endpoints.pop(key)
+                endpoint.retired = True
+                endpoint.close_idle()
 
     def close_all(self) -> None:
         for endpoint in self.endpoints.values():
