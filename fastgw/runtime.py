@@ -20,32 +20,28 @@ LocalHandler = Callable[[Any], tuple[int, bytes, bytes]]
 
 
 class UpstreamGroup:
-    __slots__ = ("balancer", "connect_timeout", "endpoints", "name", "read_timeout")
+    __slots__ = ("balancer", "connect_timeout", "read_timeout")
 
     def __init__(
-        self, name: str, endpoints: list[Any], weights: list[int], connect: float, read: float
+        self, endpoints: list[Any], weights: list[int], connect: float, read: float
     ) -> None:
-        self.name = name
-        self.endpoints = endpoints
         self.balancer = RoundRobin(endpoints, weights)
         self.connect_timeout = connect
         self.read_timeout = read
 
 
 class CompiledRoute:
-    __slots__ = ("group", "index", "local", "name", "preserve_host", "strip_prefix")
+    __slots__ = ("group", "local", "name", "preserve_host", "strip_prefix")
 
     def __init__(
         self,
         name: str,
-        index: int,
         group: UpstreamGroup | None,
         strip_prefix: bool = False,
         preserve_host: bool = True,
         local: LocalHandler | None = None,
     ) -> None:
         self.name = name
-        self.index = index
         self.group = group
         self.strip_prefix = strip_prefix
         self.preserve_host = preserve_host
@@ -53,30 +49,15 @@ class CompiledRoute:
 
 
 class Runtime:
-    __slots__ = ("digest", "groups", "limits", "router", "routes", "timeouts", "version")
+    __slots__ = ("limits", "router", "timeouts")
 
-    def __init__(
-        self,
-        router: Router,
-        routes: list[CompiledRoute],
-        groups: dict[str, UpstreamGroup],
-        limits: Limits,
-        timeouts: ServerTimeouts,
-        version: int = 0,
-        digest: str = "",
-    ) -> None:
+    def __init__(self, router: Router, limits: Limits, timeouts: ServerTimeouts) -> None:
         self.router = router
-        self.routes = routes
-        self.groups = groups
         self.limits = limits
         self.timeouts = timeouts
-        self.version = version
-        self.digest = digest
 
 
-def compile_runtime(
-    config: Config, registry: Registry, version: int = 0, digest: str = ""
-) -> Runtime:
+def compile_runtime(config: Config, registry: Registry) -> Runtime:
     """Build the snapshot; endpoints come from (and are kept in) the worker's registry."""
     groups: dict[str, UpstreamGroup] = {}
     used: set[tuple[str, int]] = set()
@@ -90,13 +71,12 @@ def compile_runtime(
             used.add((host, port))
         weights = [t.weight for t in upstream.targets]
         groups[name] = UpstreamGroup(
-            name, endpoints, weights, upstream.timeouts.connect, upstream.timeouts.read
+            endpoints, weights, upstream.timeouts.connect, upstream.timeouts.read
         )
     registry.retain(used)
     compiled = [
         CompiledRoute(
             route.name or f"routes[{i}]",
-            i,
             groups[route.upstream],
             route.strip_prefix,
             route.preserve_host,
@@ -104,9 +84,7 @@ def compile_runtime(
         for i, route in enumerate(config.routes)
     ]
     router, _ = build_router(config.routes, compiled)
-    return Runtime(
-        router, compiled, groups, config.server.limits, config.server.timeouts, version, digest
-    )
+    return Runtime(router, config.server.limits, config.server.timeouts)
 
 
 def local_runtime(
@@ -114,10 +92,7 @@ def local_runtime(
 ) -> Runtime:
     """A runtime whose routes the gateway answers itself (the admin listener)."""
     router = Router()
-    routes = []
     for i, (path, handler) in enumerate(paths.items()):
-        route = CompiledRoute(path, i, None, local=handler)
-        routes.append(route)
-        router.add(route, i, path, ("GET",), None, None)
+        router.add(CompiledRoute(path, None, local=handler), i, path, ("GET",), None, None)
     router.finish()
-    return Runtime(router, routes, {}, limits, timeouts)
+    return Runtime(router, limits, timeouts)

@@ -32,11 +32,10 @@ FRAME = struct.Struct("!I")
 class Site:
     """What one listener serves: its live Runtime and its scheme."""
 
-    __slots__ = ("proto_line", "runtime", "scheme")
+    __slots__ = ("proto_line", "runtime")
 
     def __init__(self, runtime: Runtime, scheme: bytes = b"http") -> None:
         self.runtime = runtime
-        self.scheme = scheme
         self.proto_line = b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
 
 
@@ -88,7 +87,7 @@ class Worker:
         self.registry = Registry(self.loop)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
-        self.site = Site(compile_runtime(config, self.registry, self.version, self.loaded.digest))
+        self.site = Site(compile_runtime(config, self.registry))
         settle_heap()
         for listener in config.server.listen:
             sock = bind(*listener.address)
@@ -154,7 +153,7 @@ class Worker:
     def apply(self, loaded: Loaded, version: int) -> None:
         """Switch to a new config: one reference swap; requests in flight keep their runtime."""
         try:
-            runtime = compile_runtime(loaded.config, self.registry, version, loaded.digest)
+            runtime = compile_runtime(loaded.config, self.registry)
         except Exception:
             log.exception(
                 "worker %d: could not apply config version %d; keeping %d",
