@@ -86,6 +86,26 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print a scrypt hash for `consumers[].basic_auth.password_hash`."""
+    import getpass
+
+    from .plugins.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from .demo import run_echo
 
@@ -142,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("-c", "--config", required=True, help="config file (.yaml, .yml or .toml)")
         sub.set_defaults(func=func)
+    hasher = commands.add_parser(
+        "hash-password",
+        help="print a scrypt hash for basic-auth (reads the password from stdin or the terminal)",
+    )
+    hasher.set_defaults(func=cmd_hash_password)
     echo = commands.add_parser("echo", help="run the echo upstream used by the demo")
     echo.add_argument("--host", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=9001)

@@ -11,6 +11,12 @@ from typing import Any
 
 from .config.loader import build_router
 from .config.schema import Config, Limits, ServerTimeouts
+from .http.addresses import Networks
+from .http.headers import REQUEST_KINDS, by_sent_name
+from .plugins.base import Build
+from .plugins.chain import EMPTY, Chain, ChainBuilder
+from .plugins.consumers import ConsumerIndex
+from .plugins.services import Services
 from .router import Router
 from .upstream.balancer import RoundRobin
 from .upstream.pool import Registry
@@ -31,7 +37,16 @@ class UpstreamGroup:
 
 
 class CompiledRoute:
-    __slots__ = ("group", "local", "name", "preserve_host", "strip_prefix")
+    __slots__ = (
+        "access",
+        "group",
+        "local",
+        "log",
+        "name",
+        "preserve_host",
+        "response",
+        "strip_prefix",
+    )
 
     def __init__(
         self,
@@ -40,24 +55,48 @@ class CompiledRoute:
         strip_prefix: bool = False,
         preserve_host: bool = True,
         local: LocalHandler | None = None,
+        chain: Chain = EMPTY,
     ) -> None:
         self.name = name
         self.group = group
         self.strip_prefix = strip_prefix
         self.preserve_host = preserve_host
         self.local = local
+        # PERF: the plugin hooks bound per phase; an empty tuple skips the phase entirely.
+        self.access = chain.access
+        self.response = chain.response
+        self.log = chain.log
+
+
+BASE_HEADER_KINDS = by_sent_name(REQUEST_KINDS)
 
 
 class Runtime:
-    __slots__ = ("limits", "router", "timeouts")
+    __slots__ = ("header_kinds", "limits", "plugins", "router", "timeouts", "trusted")
 
-    def __init__(self, router: Router, limits: Limits, timeouts: ServerTimeouts) -> None:
+    def __init__(
+        self,
+        router: Router,
+        limits: Limits,
+        timeouts: ServerTimeouts,
+        header_kinds: dict[bytes, int | None] = BASE_HEADER_KINDS,
+        trusted: Networks | None = None,
+        plugins: list[Any] | None = None,
+    ) -> None:
         self.router = router
         self.limits = limits
         self.timeouts = timeouts
+        self.header_kinds = header_kinds  # how ClientProtocol sorts each request field
+        self.trusted = trusted or Networks(())
+        self.plugins = plugins or []
+
+    def close(self) -> None:
+        """A newer runtime replaced this one: its plugins stop their background work."""
+        for plugin in self.plugins:
+            plugin.close()
 
 
-def compile_runtime(config: Config, registry: Registry) -> Runtime:
+def compile_runtime(config: Config, registry: Registry, services: Services) -> Runtime:
     """Build the snapshot; endpoints come from (and are kept in) the worker's registry."""
     groups: dict[str, UpstreamGroup] = {}
     used: set[tuple[str, int]] = set()
@@ -74,17 +113,30 @@ def compile_runtime(config: Config, registry: Registry) -> Runtime:
             endpoints, weights, upstream.timeouts.connect, upstream.timeouts.read
         )
     registry.retain(used)
+    watched: dict[bytes, int] = {}
+    build = Build(ConsumerIndex(config.consumers), services, config.server, watched)
+    chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(
             route.name or f"routes[{i}]",
             groups[route.upstream],
             route.strip_prefix,
             route.preserve_host,
+            chain=chains.chain_for(route.plugins),
         )
         for i, route in enumerate(config.routes)
     ]
+    services.retain()
     router, _ = build_router(config.routes, compiled)
-    return Runtime(router, config.server.limits, config.server.timeouts)
+    header_kinds = by_sent_name({**watched, **REQUEST_KINDS}) if watched else BASE_HEADER_KINDS
+    return Runtime(
+        router,
+        config.server.limits,
+        config.server.timeouts,
+        header_kinds,
+        Networks(config.server.trusted_proxies),
+        chains.plugins(),
+    )
 
 
 def local_runtime(

@@ -21,6 +21,7 @@ import uvloop
 
 from .config.loader import Loaded
 from .http.client import ClientProtocol
+from .plugins.services import Services
 from .runtime import Runtime, compile_runtime, local_runtime
 from .upstream.pool import Registry
 
@@ -69,6 +70,7 @@ class Worker:
         self.control_buffer = b""
         self.loop: Any = None
         self.registry: Registry | None = None
+        self.services: Services | None = None
         self.connections: set[ClientProtocol] = set()
         self.draining = False
         self.servers: list[asyncio.AbstractServer] = []
@@ -85,9 +87,10 @@ class Worker:
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.registry = Registry(self.loop)
+        self.services = Services(self.loop)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
-        self.site = Site(compile_runtime(config, self.registry))
+        self.site = Site(compile_runtime(config, self.registry, self.services))
         settle_heap()
         for listener in config.server.listen:
             sock = bind(*listener.address)
@@ -153,7 +156,7 @@ class Worker:
     def apply(self, loaded: Loaded, version: int) -> None:
         """Switch to a new config: one reference swap; requests in flight keep their runtime."""
         try:
-            runtime = compile_runtime(loaded.config, self.registry)
+            runtime = compile_runtime(loaded.config, self.registry, self.services)
         except Exception:
             log.exception(
                 "worker %d: could not apply config version %d; keeping %d",
@@ -162,6 +165,7 @@ class Worker:
                 self.version,
             )
             return
+        self.site.runtime.close()
         self.site.runtime = runtime
         self.loaded = loaded
         self.version = version

@@ -54,7 +54,7 @@ def test_every_error_is_reported_at_once_with_its_path():
     }
     errors = errors_of(document)
     expected = [
-        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts)",
+        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, trusted_proxies, plugin_modules)",
         'server.workers: expected an integer >= 1 or "auto", got 0',
         "server.limits.max_body_bytes: expected a size such as 16384, 16KiB or 10MiB, got '10MB'",
         "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h or plain seconds, got '5 minutes'",
@@ -182,7 +182,7 @@ def test_listen_forms_and_workers_auto():
 
 def test_top_level_and_syntax_errors(tmp_path):
     assert errors_of({"route": []}) == [
-        "route: unknown key (expected one of: server, upstreams, routes)"
+        "route: unknown key (expected one of: server, upstreams, routes, plugins, consumers)"
     ]
     assert errors_of([1]) == ["expected a mapping at the top level, got [1]"]
     bad_yaml = tmp_path / "bad.yaml"

@@ -138,6 +138,15 @@ def string(*, pattern: str | None = None, hint: str = "a string", lower: bool = 
     return parse
 
 
+def optional(parse: Parser) -> Parser:
+    """`parse`, or None when the value is null (`~` in YAML): switches a setting off."""
+
+    def parse_optional(value: Any, path: str, errors: Errors) -> Any:
+        return None if value is None else parse(value, path, errors)
+
+    return parse_optional
+
+
 def boolean(value: Any, path: str, errors: Errors) -> Any:
     if not isinstance(value, bool):
         return errors.add(path, f"expected true or false, got {describe(value)}")

@@ -10,11 +10,14 @@ from typing import Any
 
 import yaml
 
+from ..plugins.config import check_entries, parse_plugins
+from ..plugins.consumers import parse_consumers
+from ..plugins.registry import import_modules
 from ..router import Router
 from .fields import INVALID, Errors, describe, join
 from .schema import Config, Route, Server, parse_route, parse_server, parse_upstream
 
-TOP_LEVEL_KEYS = ("server", "upstreams", "routes")
+TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "plugins", "consumers")
 
 
 class ConfigError(Exception):
@@ -78,15 +81,27 @@ def validate(document: Any, source: str = "config") -> Config:
         if key not in TOP_LEVEL_KEYS:
             errors.add(str(key), f"unknown key (expected one of: {', '.join(TOP_LEVEL_KEYS)})")
     server = parse_server(document.get("server"), "server", errors)
+    if server is not INVALID:
+        for problem in import_modules(server.plugin_modules):
+            errors.add("server.plugin_modules", problem)
     upstreams = _parse_upstreams(document.get("upstreams"), errors)
+    consumers = parse_consumers(document.get("consumers"), errors)
+    global_plugins = parse_plugins(document.get("plugins"), "plugins", errors)
     routes = _parse_routes(document.get("routes"), errors)
     _check_references(document.get("upstreams"), routes, errors)
     _check_ties(routes, errors)
+    check_entries(
+        global_plugins if global_plugins is not INVALID else {}, routes, consumers, errors
+    )
     if errors:
         raise ConfigError(source, errors.items)
     assert isinstance(server, Server)
     return Config(
-        server=server, upstreams=upstreams, routes=tuple(r for r in routes if r is not INVALID)
+        server=server,
+        upstreams=upstreams,
+        routes=tuple(r for r in routes if r is not INVALID),
+        plugins=global_plugins,
+        consumers=consumers,
     )
 
 

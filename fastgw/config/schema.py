@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..http.addresses import Network, network
+from ..plugins.config import PluginEntry, parse_plugins
+from ..plugins.consumers import Consumer
 from .fields import (
     INVALID,
     Errors,
@@ -93,6 +96,10 @@ class Server:
     admin: tuple[str, int] | None = spec(address, None)
     limits: Limits = spec(record(Limits), factory=Limits)
     timeouts: ServerTimeouts = spec(record(ServerTimeouts), factory=ServerTimeouts)
+    trusted_proxies: tuple[Network, ...] = spec(list_of(network), ())
+    plugin_modules: tuple[str, ...] = spec(
+        list_of(string(pattern=r"[A-Za-z_][\w.]*", hint="a Python module name")), ()
+    )
 
 
 def target_url(value: Any, path: str, errors: Errors) -> Any:
@@ -188,6 +195,7 @@ class Route:
     )
     strip_prefix: bool = spec(boolean, False)
     preserve_host: bool = spec(boolean, True)
+    plugins: dict[str, PluginEntry] = spec(parse_plugins, factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,8 @@ class Config:
         factory=dict,
     )
     routes: tuple[Route, ...] = spec(list_of(record(Route)), ())
+    plugins: dict[str, PluginEntry] = spec(parse_plugins, factory=dict)
+    consumers: tuple[Consumer, ...] = ()
 
 
 parse_server = record(Server)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from ..plugins.base import FIRST_WATCHED
 from .exchange import Exchange
-from .headers import REQUEST_KINDS, REQUEST_KINDS_SENT, UNLISTED
+from .headers import UNLISTED
 from .replies import error_body, reply
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class ClientProtocol(asyncio.Protocol):
         "in_feed",
         "in_head",
         "keepalive",
+        "kinds",
         "max_body",
         "max_header",
         "max_line",
@@ -59,6 +61,7 @@ class ClientProtocol(asyncio.Protocol):
         "paused",
         "peer",
         "queue",
+        "runtime",
         "site",
         "special",
         "timer",
@@ -73,6 +76,8 @@ class ClientProtocol(asyncio.Protocol):
     def __init__(self, worker: Worker, site: Site) -> None:
         self.worker = worker
         self.site = site
+        self.runtime = site.runtime  # the one the request being parsed was started under
+        self.kinds = self.runtime.header_kinds
         self.transport: Any = None
         self.parser: Any = HttpRequestParser(self)
         self.url = b""
@@ -229,6 +234,9 @@ class ClientProtocol(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # A request is served by the runtime live when it began, even if a reload follows.
+        self.runtime = runtime = self.site.runtime
+        self.kinds = runtime.header_kinds
         self.url = b""
         self.fwd = []
         self.special = []
@@ -242,13 +250,16 @@ class ClientProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.parsing is None:
             # PERF: each field is sorted once, here: forwarded as it is, or kept for the gateway.
-            kind = REQUEST_KINDS_SENT.get(name, UNLISTED)
+            kinds = self.kinds
+            kind = kinds.get(name, UNLISTED)
             if kind == UNLISTED:
-                kind = REQUEST_KINDS.get(name.lower())
+                kind = kinds.get(name.lower())
             if kind is None:
                 self.fwd += (name, b": ", value, b"\r\n")
             else:
                 self.special.append((kind, name, value))
+                if kind >= FIRST_WATCHED:  # read by a plugin, and forwarded
+                    self.fwd += (name, b": ", value, b"\r\n")
         else:
             self.parsing.request_trailer(name, value)
 
@@ -290,6 +301,9 @@ class ClientProtocol(asyncio.Protocol):
         """The response has been written: close, serve the next queued request, or go idle."""
         if exchange is not self.current:
             return
+        route = exchange.route
+        if route is not None and route.log:
+            exchange.run_log()
         if exchange.close_after or not exchange.body_done:
             self.current = None
             self.close()

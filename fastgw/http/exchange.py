@@ -9,11 +9,15 @@ itself as JSON.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from httptools import HttpParserInvalidURLError, parse_url
 
+from ..plugins.base import Reply
 from ..router import Allow, strip_prefix
+from .addresses import Address, parse_address, real_client
 from .headers import (
     CONNECTION_OPTIONS,
     K_CONNECTION,
@@ -34,6 +38,7 @@ from .paths import NEEDS_NORMALISING, normalise
 from .replies import CONTINUE, error_body, reply
 
 if TYPE_CHECKING:
+    from ..plugins.consumers import Identity
     from ..upstream.pool import Endpoint
     from ..upstream.protocol import UpstreamProtocol
     from .client import ClientProtocol
@@ -48,9 +53,12 @@ REPLAY_LIMIT = 64 * 1024
 # Body bytes buffered while no upstream connection is attached before the client is paused.
 BUFFER_LIMIT = 256 * 1024
 
+_UNSET: Any = object()
+
 
 class Exchange:
     __slots__ = (
+        "address",
         "attempt",
         "body_bytes",
         "body_done",
@@ -58,7 +66,9 @@ class Exchange:
         "client",
         "close_after",
         "conn",
+        "consumer",
         "content_length",
+        "ctx",
         "depth",
         "discard",
         "endpoint",
@@ -68,6 +78,7 @@ class Exchange:
         "host",
         "http11",
         "is_head",
+        "logged",
         "method",
         "path",
         "pending",
@@ -75,10 +86,14 @@ class Exchange:
         "query",
         "request_id",
         "route",
+        "runtime",
+        "scopes",
         "sent",
         "sent_bytes",
         "special",
         "state",
+        "status",
+        "subject",
         "trailers",
         "tried",
         "upgrade",
@@ -94,6 +109,7 @@ class Exchange:
     ) -> None:
         parser = client.parser
         self.client = client
+        self.runtime = client.runtime
         self.fwd = fwd
         self.special = special
         self.method = method = parser.get_method()
@@ -130,6 +146,7 @@ class Exchange:
 
     def rejected(self, status: int, message: str) -> None:
         """Initialise a stand-in for a request that could not be parsed (made with __new__)."""
+        self.runtime = self.client.site.runtime
         self.method = b""
         self.http11 = True
         self.is_head = False
@@ -254,8 +271,7 @@ class Exchange:
         if self.error is not None:
             self.local_error(*self.error)
             return
-        client = self.client
-        router = client.site.runtime.router
+        router = self.runtime.router
         found = router.match(
             self.method,
             self.host or b"",
@@ -275,14 +291,137 @@ class Exchange:
             return
         self.route = route
         self.depth = found.prefix_depth if route.strip_prefix else -1
-        endpoint = route.group.balancer.pick()
+        if route.access or route.response or route.log:
+            self.consumer = self.subject = self.scopes = self.ctx = None
+            self.address = _UNSET
+            self.status = 0
+            self.logged = False
+            if route.access and self.run_access(0):
+                return
+        self.proceed()
+
+    def proceed(self) -> None:
+        """Every plugin let the request through: pick a target and send it upstream."""
+        endpoint = self.route.group.balancer.pick()
         if endpoint is None:
             self.local_error(503, "no upstream target available")
             return
         if self.expect and self.body_bytes == 0:
-            client.transport.write(CONTINUE)
+            self.client.transport.write(CONTINUE)
         self.pending.insert(0, self.head_for(endpoint))
         self.dispatch(endpoint)
+
+    # -- plugins -----------------------------------------------------------------------
+
+    def run_access(self, position: int) -> bool:
+        """Run the route's request hooks from `position`; True when the request must not go
+        on now (a plugin answered it, or one is waiting for I/O and will resume it)."""
+        hooks = self.route.access
+        try:
+            for index in range(position, len(hooks)):
+                outcome = hooks[index](self)
+                if outcome is None:
+                    continue
+                if outcome.__class__ is Reply:
+                    self.answer(outcome)
+                else:
+                    # Only a plugin that needs I/O returns an awaitable: the one Task it costs.
+                    task = self.client.worker.loop.create_task(outcome)
+                    task.add_done_callback(partial(self.resumed, index + 1))
+                return True
+        except Exception:
+            log.exception("plugin error on route %s", self.route.name)
+            self.local_error(500, "internal error")
+            return True
+        if self.consumer is not None:
+            self.fwd += self.consumer.head
+        if self.subject is not None:
+            self.fwd += (b"X-Auth-Subject", b": ", self.subject, b"\r\n")
+        if self.scopes is not None:
+            self.fwd += (b"X-Auth-Scopes", b": ", self.scopes, b"\r\n")
+        return False
+
+    def resumed(self, position: int, task: Any) -> None:
+        """A plugin's I/O finished: answer, or carry on with the next hook."""
+        if self.state == DONE or task.cancelled():
+            return  # the client went away (or the request was answered) meanwhile
+        error = task.exception()
+        if error is not None:
+            log.error("plugin error on route %s", self.route.name, exc_info=error)
+            self.local_error(500, "internal error")
+            return
+        outcome = task.result()
+        if outcome is not None:
+            self.answer(outcome)
+        elif not self.run_access(position):
+            self.proceed()
+
+    def answer(self, outcome: Reply) -> None:
+        """A plugin's reply; the precise reason goes to the log, never to the client."""
+        if outcome.reason:
+            log.info(
+                "%d on route %s for request %s: %s",
+                outcome.status,
+                self.route.name,
+                self.request_id.decode("latin-1"),
+                outcome.reason,
+            )
+        if outcome.body is None:
+            self.local_error(outcome.status, outcome.message, outcome.extra)
+        else:
+            self.local_reply(outcome.status, outcome.body, outcome.content_type, outcome.extra)
+
+    def run_log(self) -> None:
+        if not self.logged:
+            self.logged = True
+            for hook in self.route.log:
+                try:
+                    hook(self)
+                except Exception:
+                    log.exception("plugin error while logging on route %s", self.route.name)
+
+    # The request as plugins see it.
+
+    def header(self, kind: int) -> bytes | None:
+        """The first value of a header a plugin watches (`Build.watch` gave the kind)."""
+        for field_kind, _, value in self.special:
+            if field_kind == kind:
+                return value
+        return None
+
+    def header_values(self, kind: int) -> list[bytes]:
+        return [value for field_kind, _, value in self.special if field_kind == kind]
+
+    def remove_header(self, lower_name: bytes) -> None:
+        """Do not forward this header upstream (e.g. a credential)."""
+        self.fwd = drop_named(self.fwd, {lower_name})
+
+    def query_param(self, name: bytes) -> bytes | None:
+        """The first value of a query parameter, percent-decoded."""
+        if self.query is None:
+            return None
+        for pair in self.query.split(b"&"):
+            key, _sep, value = pair.partition(b"=")
+            if key == name:
+                return unquote_to_bytes(value.replace(b"+", b" "))
+        return None
+
+    def client_address(self) -> Address | None:
+        """The client's address: the peer, or behind trusted proxies the forwarded one."""
+        if self.address is _UNSET:
+            self.address = real_client(
+                parse_address(self.client.peer), self.xff, self.runtime.trusted
+            )
+        return self.address
+
+    def authenticated(
+        self, identity: Identity | None, subject: bytes | None = None, scopes: bytes | None = None
+    ) -> None:
+        """An authentication plugin identified the caller (the first one to do so wins)."""
+        if self.consumer is None and self.subject is None:
+            self.consumer = identity
+            self.subject = subject
+            self.scopes = scopes
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
         """The request's fields as (name, value) pairs, rebuilt for header-matching routes."""
@@ -482,6 +621,8 @@ class Exchange:
     def client_gone(self) -> None:
         self.drop_upstream()
         self.state = DONE
+        if self.route is not None and self.route.log:
+            self.run_log()
 
     # -- local replies -----------------------------------------------------------------
 
@@ -499,6 +640,17 @@ class Exchange:
             else:
                 self.discard = True  # read and drop the body, keep the connection
         client = self.client
+        route = self.route
+        request_id = self.request_id
+        if route is not None:
+            self.status = status
+        if route is not None and route.response:
+            # The route's response hooks see the gateway's own replies too (e.g. CORS on a 401).
+            head = [b"X-Request-ID", b": ", request_id, b"\r\n"]
+            for hook in route.response:
+                hook(self, status, head)
+            extra = b"".join(head) + extra
+            request_id = b""
         client.transport.write(
             reply(
                 status,
@@ -506,7 +658,7 @@ class Exchange:
                 content_type=content_type,
                 close=self.close_after,
                 keep_alive_10=not self.http11,
-                request_id=self.request_id,
+                request_id=request_id,
                 extra=extra,
                 head_only=self.is_head,
             )

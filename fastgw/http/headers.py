@@ -23,6 +23,11 @@ REQUEST_KINDS: dict[bytes, int] = {
     b"x-forwarded-proto": K_DROP,
     b"x-forwarded-host": K_DROP,
     b"expect": K_EXPECT,
+    # Identity fields are set only by the gateway's authentication: a client's are dropped.
+    b"x-consumer-name": K_DROP,
+    b"x-consumer-groups": K_DROP,
+    b"x-auth-subject": K_DROP,
+    b"x-auth-scopes": K_DROP,
 }
 
 # Response field kinds.
@@ -71,7 +76,6 @@ def by_sent_name(kinds: dict[bytes, int]) -> dict[bytes, int | None]:
     return table
 
 
-REQUEST_KINDS_SENT = by_sent_name(REQUEST_KINDS)
 RESPONSE_KINDS_SENT = by_sent_name(RESPONSE_KINDS)
 
 # Tokens of a `Connection` header that name no other header.

@@ -37,14 +37,9 @@ def reply(
     head_only: bool = False,
 ) -> bytes:
     """A complete response (head and body) as one bytes object, for one write."""
-    head = [
-        status_line(status),
-        b"Date: ",
-        http_date(),
-        b"\r\nServer: fastgw\r\nContent-Type: ",
-        content_type,
-        b"\r\nContent-Length: %d\r\n" % len(body),
-    ]
+    head = [status_line(status), b"Date: ", http_date(), b"\r\nServer: fastgw\r\n"]
+    if status != 204 and status != 304:  # RFC 9110 §8.6: no length (nor body) on these
+        head += (b"Content-Type: ", content_type, b"\r\nContent-Length: %d\r\n" % len(body))
     if request_id:
         head += (b"X-Request-ID: ", request_id, b"\r\n")
     if close:

@@ -208,6 +208,11 @@ class UpstreamProtocol(asyncio.Protocol):
             # anything else in RESPONSE_KINDS is hop-by-hop and not forwarded
         if named:
             parts = drop_named(parts, named)
+        exchange.status = status
+        hooks = exchange.route.response
+        if hooks:
+            for hook in hooks:
+                hook(exchange, status, parts)
         close = exchange.close_after
         if status == 101:
             parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")

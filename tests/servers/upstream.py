@@ -33,6 +33,7 @@ import h11
 
 CONNECTION_IDS = itertools.count(1)
 OPEN = [0]  # connections open right now, for /stats
+OPTIONS_SEEN = [0]  # OPTIONS requests received, for /stats (CORS preflights must not arrive)
 TRAILERS: dict[int, list] = {}  # request trailers, by id of the h11 Request (frozen)
 
 
@@ -110,6 +111,8 @@ async def respond(
     writer, reader, conn, request, path, query, body_size, digest, conn_id, served
 ) -> bool:
     w = writer.write
+    if request.method == b"OPTIONS":
+        OPTIONS_SEEN[0] += 1
     if path.startswith("/status/"):
         status = int(path.split("/")[2])
         body = b"" if status in (204, 304) else b"status body"
@@ -171,7 +174,9 @@ async def respond(
         writer.transport.abort()
         return False
     elif path == "/stats":
-        body = json.dumps({"open": OPEN[0], "connections": conn_id}).encode()
+        body = json.dumps(
+            {"open": OPEN[0], "connections": conn_id, "options": OPTIONS_SEEN[0]}
+        ).encode()
         w(head(200, [("Content-Length", str(len(body)))]) + body)
     elif path == "/sink":
         body = json.dumps({"body_bytes": body_size, "sha256": digest}).encode()

@@ -1,0 +1,142 @@
+"""The plugin contract: what a plugin class declares and what it may do to an exchange.
+
+A plugin is a class built once per config load (per route, or once for a global entry). It
+defines only the hooks it needs; the compiler binds those into per-route, per-phase tuples,
+so a hook a plugin does not define costs nothing. See docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..config.fields import Errors
+
+if TYPE_CHECKING:
+    from .consumers import ConsumerIndex
+    from .services import Services
+
+log = logging.getLogger("fastgw.plugins")
+
+
+class Phase(IntEnum):
+    """Where a plugin's `on_request` runs; the order is fixed (lower runs first)."""
+
+    IP_RULES = 10
+    PREFLIGHT = 20
+    AUTHENTICATION = 30
+    AUTHORIZATION = 40
+    RATE_LIMIT = 50
+    CACHE = 60
+    TRANSFORMATION = 70
+
+
+class Reply:
+    """A short-circuit answer: the request goes no further.
+
+    `message` is what the client sees in the JSON error body; `reason` is what is logged
+    (the precise cause, never sent). A reply with `body` set is sent as it is instead.
+    Replies that do not vary are built once, in the plugin's `__init__`.
+    """
+
+    __slots__ = ("body", "content_type", "extra", "message", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        message: str = "",
+        *,
+        extra: bytes = b"",
+        reason: str = "",
+        body: bytes | None = None,
+        content_type: bytes = b"application/json",
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.extra = extra  # header lines, each ending in CRLF
+        self.reason = reason
+        self.body = body
+        self.content_type = content_type
+
+    def because(self, reason: str) -> Reply:
+        """The same reply with a precise reason for the log."""
+        return Reply(
+            self.status,
+            self.message,
+            extra=self.extra,
+            reason=reason,
+            body=self.body,
+            content_type=self.content_type,
+        )
+
+
+# What `on_request` may return.
+Outcome = None | Reply | Awaitable[Reply | None]
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """The config of a plugin that takes no settings."""
+
+
+class Plugin:
+    """Base class. Subclasses set `name`, `phase`, `Config` and define any of the hooks:
+
+    - `on_request(self, ex) -> None | Reply | Awaitable[None | Reply]`: None goes on, a Reply
+      answers; an awaitable (only when I/O is needed) parks the request until it resolves.
+    - `on_response(self, ex, status, head) -> None`: `head` is the response head's field list
+      (pieces `name, b": ", value, b"\\r\\n"`); append to it, or replace items in place. It runs
+      for every response on the route, the gateway's own replies included.
+    - `on_log(self, ex) -> None`: once the exchange is over (`ex.status` is what was sent).
+    """
+
+    name: ClassVar[str] = ""
+    phase: ClassVar[Phase] = Phase.TRANSFORMATION
+    priority: ClassVar[int] = 0  # higher runs earlier within a phase
+    Config: ClassVar[type] = NoConfig
+    authenticates: ClassVar[bool] = False  # sets the consumer or subject of a request
+
+    def __init__(self, config: Any, build: Build) -> None:
+        self.config = config
+
+    @classmethod
+    def check(cls, config: Any, path: str, errors: Errors, context: CheckContext) -> None:
+        """Checks across fields or against the rest of the config (at load, in the master)."""
+
+    def close(self) -> None:
+        """The runtime that built this plugin was replaced: stop background work."""
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a plugin's `check` may look at besides its own config."""
+
+    consumers: tuple[Any, ...]
+    route_plugins: frozenset[str]  # names of all plugins active on the same route
+
+
+class Build:
+    """What a plugin's `__init__` gets: the consumers, header watching, worker services."""
+
+    def __init__(
+        self, consumers: ConsumerIndex, services: Services, server: Any, watched: dict[bytes, int]
+    ) -> None:
+        self.consumers = consumers
+        self.services = services
+        self.server = server
+        self.watched = watched
+
+    def watch(self, name: str | bytes) -> int:
+        """The kind id under which requests carry header `name` for `Exchange.header`."""
+        key = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+        kind = self.watched.get(key)
+        if kind is None:
+            kind = self.watched[key] = FIRST_WATCHED + len(self.watched)
+        return kind
+
+
+# Header kinds at or above this are headers some plugin reads (they are also forwarded).
+FIRST_WATCHED = 100
