@@ -2,8 +2,8 @@
 
 `python issuer.py DIR` prints its port. It serves `GET /jwks.json` from DIR/jwks.json (read on
 every request, so a test can rotate keys by rewriting it), answers `POST /introspect` from
-DIR/tokens.json ({token: answer}) for the client `gw:gw-secret`, and counts requests per path
-(`GET /hits`).
+DIR/tokens.json ({token: answer}) for the client `gw:gw-secret`, and counts requests per path,
+query included (`GET /hits`).
 """
 
 import base64
@@ -39,10 +39,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.count()
-        if self.path == "/hits":
+        route = self.path.split("?")[0]
+        if route == "/hits":
             with LOCK:
                 self.send(200, json.dumps(HITS).encode())
-        elif self.path == "/jwks.json":
+        elif route == "/jwks.json":
             path = DIR / "jwks.json"
             self.send(200, path.read_bytes()) if path.exists() else self.send(404, b"{}")
         else:
