@@ -7,7 +7,6 @@ credential is remembered for `cache_ttl` so the hash is not paid per request.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import hashlib
 import os
@@ -16,9 +15,8 @@ from dataclasses import dataclass
 from ..config.fields import duration, spec, string
 from .base import Build, Phase, Plugin, Reply
 from .consumers import Identity
+from .flight import SingleFlight, TtlCache
 from .passwords import DEFAULT_N, DEFAULT_P, DEFAULT_R, PasswordHash
-
-CACHE_LIMIT = 10000  # verified credentials remembered per plugin instance
 
 # Unknown users are checked against this, so they take as long as known ones.
 _DECOY = PasswordHash(DEFAULT_N, DEFAULT_R, DEFAULT_P, os.urandom(16), os.urandom(32))
@@ -42,8 +40,8 @@ class BasicAuth(Plugin):
         self.loop = build.services.loop
         self.authorization = build.watch("authorization")
         self.ttl = config.cache_ttl
-        self.verified: dict[bytes, tuple[Identity, float]] = {}
-        self.checking: dict[bytes, asyncio.Future] = {}
+        self.verified = TtlCache()
+        self.flight = SingleFlight(self.loop)
         realm = config.realm.replace('"', "").encode()
         challenge = b'WWW-Authenticate: Basic realm="' + realm + b'", charset="UTF-8"\r\n'
         self.missing = Reply(401, "authentication required", extra=challenge)
@@ -54,38 +52,30 @@ class BasicAuth(Plugin):
         if value is None or value[:6].lower() != b"basic ":
             return self.missing.because("basic-auth: no Basic credentials")
         key = hashlib.sha256(value).digest()
-        found = self.verified.get(key)
-        if found is not None and found[1] > self.loop.time():
-            ex.authenticated(found[0])
+        identity = self.verified.get(key, self.loop.time())
+        if identity is not None:
+            ex.authenticated(identity)
             return None
         try:
-            user, sep, password = binascii.a2b_base64(
-                value[6:].strip(), strict_mode=True
-            ).partition(b":")
+            decoded = binascii.a2b_base64(value[6:].strip(), strict_mode=True)
         except binascii.Error:
-            user, sep, password = b"", b"", b""
+            decoded = b""
+        user, sep, password = decoded.partition(b":")
         if not sep:
             return self.invalid.because("basic-auth: malformed credentials")
         return self.verify(ex, key, user, password)
 
     async def verify(self, ex, key: bytes, user: bytes, password: bytes) -> Reply | None:
-        checking = self.checking.get(key)
-        if checking is None:
-            checking = self.checking[key] = self.loop.create_future()
-            entry = self.users.get(user)
-            hashed, identity = entry if entry is not None else (_DECOY, None)
-            try:
-                ok = await self.loop.run_in_executor(None, hashed.matches, password)
-                checking.set_result(identity if ok else None)
-            except Exception as exc:
-                checking.set_exception(exc)
-            finally:
-                del self.checking[key]
-        identity = await asyncio.shield(checking)
+        identity = await self.flight.run(key, lambda: self.verify_password(user, password))
         if identity is None:
             return self.invalid.because(f"basic-auth: wrong password or unknown user {user!r}")
-        if len(self.verified) >= CACHE_LIMIT:
-            self.verified.clear()
-        self.verified[key] = (identity, self.loop.time() + self.ttl)
+        self.verified.put(key, identity, self.loop.time() + self.ttl)
         ex.authenticated(identity)
         return None
+
+    async def verify_password(self, user: bytes, password: bytes) -> Identity | None:
+        """scrypt in a worker thread; unknown users cost the same as known ones."""
+        entry = self.users.get(user)
+        hashed, identity = entry if entry is not None else (_DECOY, None)
+        ok = await self.loop.run_in_executor(None, hashed.matches, password)
+        return identity if ok else None

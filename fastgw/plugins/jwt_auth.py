@@ -35,7 +35,7 @@ from .jwks import KeySet, RemoteKeySet, parse_jwks
 HMAC = ("HS256", "HS384", "HS512")
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 CACHE_LIMIT = 10000
-_UNSAFE = frozenset(range(32)) - {9} | {127}  # bytes that must not reach a header value
+UNSAFE = frozenset(range(32)) - {9} | {127}  # bytes that must not reach a header value
 
 
 def algorithm(value: Any, path: str, errors: Errors) -> Any:
@@ -106,7 +106,7 @@ def _audiences(value: Any, path: str, errors: Errors) -> Any:
     return list_of(string(hint="an audience"), min_len=1)(value, path, errors)
 
 
-def _url(value: Any, path: str, errors: Errors) -> Any:
+def http_url(value: Any, path: str, errors: Errors) -> Any:
     if isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) > 8:
         return value
     return errors.add(path, f"expected an http:// or https:// URL, got {describe(value)}")
@@ -121,7 +121,7 @@ def _claim_value(value: Any, path: str, errors: Errors) -> Any:
 @dataclass(frozen=True)
 class JwtAuthConfig:
     algorithms: tuple[str, ...] = spec(list_of(algorithm, min_len=1), ("RS256",))
-    jwks_url: str | None = spec(optional(_url), None)
+    jwks_url: str | None = spec(optional(http_url), None)
     jwks_file: dict | None = spec(optional(jwks_file), None)
     public_key_file: bytes | None = spec(optional(public_key_file), None)
     secret: str | None = spec(optional(string(hint="a shared secret")), None)
@@ -228,8 +228,8 @@ class JwtAuth(Plugin):
         for i, (kind, name) in enumerate(self.sources):
             if kind == "header":
                 value = ex.header(name)
-                if value is not None and i in self.bearer:
-                    value = value[7:].strip() if value[:7].lower() == b"bearer " else None
+                if i in self.bearer:
+                    value = bearer_token(value)
             elif kind == "cookie":
                 value = self.from_cookie(ex, name)
             else:
@@ -306,7 +306,7 @@ class JwtAuth(Plugin):
         scopes = token_scopes(claims)
         scope_bytes = " ".join(scopes).encode() if scopes else None
         if any(
-            value is not None and not _UNSAFE.isdisjoint(value)
+            value is not None and not UNSAFE.isdisjoint(value)
             for value in (subject_bytes, scope_bytes)
         ):
             return self.invalid.because("jwt-auth: control characters in sub or scope")
@@ -326,6 +326,13 @@ class JwtAuth(Plugin):
         self.cache[token] = (outcome, float(claims["exp"]), float(claims.get("nbf", 0)), version)
         ex.authenticated(*outcome)
         return None
+
+
+def bearer_token(authorization: bytes | None) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` value."""
+    if authorization is None or authorization[:7].lower() != b"bearer ":
+        return None
+    return authorization[7:].strip() or None
 
 
 def token_scopes(claims: dict) -> list[str]:

@@ -12,6 +12,7 @@ from .cors import Cors
 from .ip_restriction import IpRestriction
 from .jwt_auth import JwtAuth
 from .key_auth import KeyAuth
+from .oauth2_introspection import OAuth2Introspection
 
 PLUGINS: dict[str, type[Plugin]] = {}
 
@@ -35,5 +36,14 @@ def import_modules(names: tuple[str, ...]) -> list[str]:
     return problems
 
 
-for _cls in (Acl, BasicAuth, CorrelationId, Cors, IpRestriction, JwtAuth, KeyAuth):
+for _cls in (
+    Acl,
+    BasicAuth,
+    CorrelationId,
+    Cors,
+    IpRestriction,
+    JwtAuth,
+    KeyAuth,
+    OAuth2Introspection,
+):
     register(_cls)

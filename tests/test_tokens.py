@@ -1,4 +1,5 @@
-"""jwt-auth end to end: real keys generated here, tokens signed here, a real JWKS server."""
+"""jwt-auth and oauth2-introspection end to end: real keys generated here, tokens signed here,
+a real JWKS server and a real introspection endpoint (tests/servers/issuer.py)."""
 
 import base64
 import hashlib
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from .support import ROOT, Gateway, base_config, request, wait_for
+from .support import ROOT, Gateway, base_config, free_port, in_parallel, request, wait_for
 
 ISSUER = "https://idp.test"
 SECRET = "a-shared-secret-of-at-least-32-bytes!"
@@ -287,3 +288,79 @@ def test_unknown_kid_then_key_rotation_with_bounded_refreshes(jwt_gw, idp):
 def test_jwks_is_refreshed_on_a_schedule(jwt_gw, idp):
     start = hits(idp, "/jwks.json?scheduled")
     wait_for(lambda: hits(idp, "/jwks.json?scheduled") >= start + 2, timeout=10, what="refreshes")
+
+
+# -- oauth2-introspection ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def intro_gw(upstream, idp, tmp_path_factory):
+    now = int(time.time())
+    answers = {
+        "good": {"active": True, "sub": "alice", "scope": "read write", "exp": now + 300},
+        "other": {"active": True, "sub": "bob", "scope": "read"},
+        "short": {"active": True, "sub": "alice", "scope": "read", "exp": now + 2},
+        "dead": {"active": False},
+        "fresh": {"active": True, "sub": "carol", "scope": "read"},
+    }
+    (idp["dir"] / "tokens.json").write_text(json.dumps(answers))
+    endpoint = f"{idp['url']}/introspect"
+    settings = {"endpoint": endpoint, "client_id": "gw", "client_secret": "gw-secret"}
+    config = base_config(upstream.url)
+    config["consumers"] = [{"name": "alice", "groups": ["admins"], "jwt": {"subject": "alice"}}]
+    plugins = {
+        "read": {**settings, "required_scopes": ["read"]},
+        "write": {**settings, "required_scopes": ["write"]},
+        "wrongclient": {**settings, "client_secret": "nope"},
+        "down": {**settings, "endpoint": f"http://127.0.0.1:{free_port()}/introspect"},
+    }
+    config["routes"] = [
+        {
+            "name": name,
+            "match": {"paths": [f"/{name}/*"]},
+            "upstream": "up",
+            "plugins": {"oauth2-introspection": p},
+        }
+        for name, p in plugins.items()
+    ]
+    gw = Gateway(tmp_path_factory.mktemp("introspection"), config).start()
+    yield gw
+    gw.stop()
+
+
+def test_introspection_active_token_is_cached(intro_gw, idp):
+    before = hits(idp, "/introspect")
+    for _ in range(5):
+        headers = forwarded(get(intro_gw, "/read/x", "good"))
+        assert headers["x-consumer-name"] == "alice"
+        assert headers["x-auth-subject"] == "alice" and headers["x-auth-scopes"] == "read write"
+    assert hits(idp, "/introspect") == before + 1
+    bob = forwarded(get(intro_gw, "/read/x", "other"))
+    assert bob["x-auth-subject"] == "bob" and "x-consumer-name" not in bob
+
+
+def test_introspection_refusals(intro_gw):
+    for token in ("dead", "unknown-token"):
+        response = get(intro_gw, "/read/x", token)
+        assert response.status == 401
+        assert response.header("www-authenticate") == 'Bearer realm="fastgw", error="invalid_token"'
+    missing = get(intro_gw, "/read/x")
+    assert missing.status == 401 and missing.header("www-authenticate") == 'Bearer realm="fastgw"'
+    assert get(intro_gw, "/write/x", "other").status == 403
+    for route in ("/wrongclient/x", "/down/x"):
+        response = get(intro_gw, route, "good")
+        assert response.status == 503
+        assert response.json()["error"] == "the token introspection endpoint is unavailable"
+    intro_gw.wait_log("the endpoint answered 401")
+
+
+def test_introspection_answer_expires_with_the_token(intro_gw):
+    assert get(intro_gw, "/read/x", "short").status == 200
+    wait_for(lambda: get(intro_gw, "/read/x", "short").status == 401, timeout=10, what="expiry")
+
+
+def test_concurrent_requests_share_one_introspection(intro_gw, idp):
+    before = hits(idp, "/introspect")
+    statuses = in_parallel(lambda: get(intro_gw, "/read/x", "fresh").status, 10)
+    assert statuses == [200] * 10
+    assert hits(idp, "/introspect") == before + 1
