@@ -18,6 +18,7 @@ import uvloop
 
 from fastgw.config.loader import Loaded, validate
 from fastgw.http.client import ClientProtocol
+from fastgw.plugins.services import Services
 from fastgw.runtime import compile_runtime
 from fastgw.upstream.pool import Registry
 from fastgw.upstream.protocol import UpstreamProtocol
@@ -88,10 +89,11 @@ def setup(routes: int) -> tuple[ClientProtocol, UpstreamProtocol]:
     worker = Worker(Loaded(validate(config), "hotpath", "-"), 1, 0, None)
     worker.loop = loop
     worker.registry = Registry(loop)
-    worker.site = Site(compile_runtime(worker.loaded.config, worker.registry))
-    client = ClientProtocol(worker, worker.site)
+    site = Site(compile_runtime(worker.loaded.config, worker.registry, Services(loop)))
+    worker.sites = [site]
+    client = ClientProtocol(worker, site)
     client.connection_made(MemoryTransport())
-    endpoint = worker.registry.get("127.0.0.1", 9001)
+    endpoint = worker.registry.get(("127.0.0.1", 9001, None))
     upstream = UpstreamProtocol(endpoint)
     upstream.connection_made(MemoryTransport())
     endpoint.release(upstream, loop.time())

@@ -13,19 +13,13 @@ from urllib.parse import urlsplit
 
 import h11
 
+from .tls import client_context
+
 MAX_RESPONSE = 1 << 20
 
 
 class OutboundError(Exception):
     """The call failed: connection, TLS, timeout, protocol or size."""
-
-
-def client_tls(ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 async def fetch(
@@ -55,7 +49,7 @@ async def _exchange(
     host = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    context = (tls or client_tls()) if secure else None
+    context = (tls or client_context(None, True)) if secure else None
     reader, writer = await asyncio.open_connection(
         host, port, ssl=context, server_hostname=host if secure else None
     )

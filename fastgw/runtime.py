@@ -19,7 +19,7 @@ from .plugins.consumers import ConsumerIndex
 from .plugins.services import Services
 from .router import Router
 from .upstream.balancer import RoundRobin
-from .upstream.pool import Registry
+from .upstream.pool import EndpointKey, Registry
 
 # A local handler answers a request itself: (status, content type, body).
 LocalHandler = Callable[[Any], tuple[int, bytes, bytes]]
@@ -72,7 +72,7 @@ BASE_HEADER_KINDS = by_sent_name(REQUEST_KINDS)
 
 
 class Runtime:
-    __slots__ = ("header_kinds", "limits", "plugins", "router", "timeouts", "trusted")
+    __slots__ = ("consumers", "header_kinds", "limits", "plugins", "router", "timeouts", "trusted")
 
     def __init__(
         self,
@@ -82,8 +82,10 @@ class Runtime:
         header_kinds: dict[bytes, int | None] = BASE_HEADER_KINDS,
         trusted: Networks | None = None,
         plugins: list[Any] | None = None,
+        consumers: ConsumerIndex | None = None,
     ) -> None:
         self.router = router
+        self.consumers = consumers or ConsumerIndex(())
         self.limits = limits
         self.timeouts = timeouts
         self.header_kinds = header_kinds  # how ClientProtocol sorts each request field
@@ -99,22 +101,25 @@ class Runtime:
 def compile_runtime(config: Config, registry: Registry, services: Services) -> Runtime:
     """Build the snapshot; endpoints come from (and are kept in) the worker's registry."""
     groups: dict[str, UpstreamGroup] = {}
-    used: set[tuple[str, int]] = set()
+    used: set[EndpointKey] = set()
     for name, upstream in config.upstreams.items():
         endpoints = []
         for target in upstream.targets:
-            _, host, port = target.url
-            endpoint = registry.get(host, port)
+            scheme, host, port = target.url
+            tls = (upstream.ca, upstream.tls_verify) if scheme == "https" else None
+            key = (host, port, tls)
+            endpoint = registry.get(key)
             endpoint.configure(upstream.pool)
             endpoints.append(endpoint)
-            used.add((host, port))
+            used.add(key)
         weights = [t.weight for t in upstream.targets]
         groups[name] = UpstreamGroup(
             endpoints, weights, upstream.timeouts.connect, upstream.timeouts.read
         )
     registry.retain(used)
     watched: dict[bytes, int] = {}
-    build = Build(ConsumerIndex(config.consumers), services, config.server, watched)
+    consumers = ConsumerIndex(config.consumers)
+    build = Build(consumers, services, config.server, watched)
     chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(
@@ -136,6 +141,7 @@ def compile_runtime(config: Config, registry: Registry, services: Services) -> R
         header_kinds,
         Networks(config.server.trusted_proxies),
         chains.plugins(),
+        consumers,
     )
 
 

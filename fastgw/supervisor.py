@@ -164,7 +164,12 @@ class Supervisor:
             return
         old = self.loaded.config.server
         new = loaded.config.server
-        if (old.listen, old.workers, old.admin) != (new.listen, new.workers, new.admin):
+        addresses = [(lst.address, lst.scheme) for lst in old.listen]
+        if (addresses, old.workers, old.admin) != (
+            [(lst.address, lst.scheme) for lst in new.listen],
+            new.workers,
+            new.admin,
+        ):
             log.warning(
                 "changes to server.listen, server.workers and server.admin take effect after a restart"
             )

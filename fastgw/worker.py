@@ -23,6 +23,7 @@ from .config.loader import Loaded
 from .http.client import ClientProtocol
 from .plugins.services import Services
 from .runtime import Runtime, compile_runtime, local_runtime
+from .tls import ServerTls, TlsListener
 from .upstream.pool import Registry
 
 log = logging.getLogger("fastgw.worker")
@@ -31,13 +32,16 @@ FRAME = struct.Struct("!I")
 
 
 class Site:
-    """What one listener serves: its live Runtime and its scheme."""
+    """What one listener serves: its live Runtime, its scheme and its TLS, if any."""
 
-    __slots__ = ("proto_line", "runtime")
+    __slots__ = ("proto_line", "runtime", "tls")
 
-    def __init__(self, runtime: Runtime, scheme: bytes = b"http") -> None:
+    def __init__(
+        self, runtime: Runtime, scheme: bytes = b"http", tls: TlsListener | None = None
+    ) -> None:
         self.runtime = runtime
         self.proto_line = b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
+        self.tls = tls
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -77,7 +81,7 @@ class Worker:
         self.stopped: asyncio.Future | None = None
         self.request_prefix = os.urandom(6).hex().encode() + b"-"
         self.request_count = 0
-        self.site: Site | None = None
+        self.sites: list[Site] = []  # one per listener, in config order
 
     def next_request_id(self) -> bytes:
         # PERF: a per-worker random prefix and a counter: unique without uuid4's cost.
@@ -90,13 +94,21 @@ class Worker:
         self.services = Services(self.loop)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
-        self.site = Site(compile_runtime(config, self.registry, self.services))
-        settle_heap()
+        runtime = compile_runtime(config, self.registry, self.services)
         for listener in config.server.listen:
+            tls = TlsListener(listener.tls) if listener.tls is not None else None
+            site = Site(runtime, listener.scheme, tls)
+            self.sites.append(site)
             sock = bind(*listener.address)
             self.servers.append(
-                await self.loop.create_server(lambda: ClientProtocol(self, self.site), sock=sock)
+                await self.loop.create_server(
+                    lambda site=site: ClientProtocol(self, site),
+                    sock=sock,
+                    ssl=tls.context if tls is not None else None,
+                    ssl_handshake_timeout=config.server.timeouts.client_header if tls else None,
+                )
             )
+        settle_heap()
         if config.server.admin is not None:
             admin = Site(
                 local_runtime(self.admin_handlers(), config.server.limits, config.server.timeouts)
@@ -157,6 +169,7 @@ class Worker:
         """Switch to a new config: one reference swap; requests in flight keep their runtime."""
         try:
             runtime = compile_runtime(loaded.config, self.registry, self.services)
+            self.reload_tls(loaded.config.server.listen)
         except Exception:
             log.exception(
                 "worker %d: could not apply config version %d; keeping %d",
@@ -165,8 +178,9 @@ class Worker:
                 self.version,
             )
             return
-        self.site.runtime.close()
-        self.site.runtime = runtime
+        self.sites[0].runtime.close()
+        for site in self.sites:
+            site.runtime = runtime
         self.loaded = loaded
         self.version = version
         settle_heap()
@@ -177,6 +191,17 @@ class Worker:
             version,
             loaded.digest,
         )
+
+    def reload_tls(self, listeners: tuple[Any, ...]) -> None:
+        """New certificates (and client CAs) for listeners that keep TLS; all or none switch."""
+        by_address = {listener.address: listener for listener in listeners}
+        staged = []
+        for site, old in zip(self.sites, self.loaded.config.server.listen, strict=True):
+            new = by_address.get(old.address)
+            if site.tls is not None and new is not None and new.tls is not None:
+                staged.append((site.tls, ServerTls(new.tls)))
+        for holder, contexts in staged:
+            holder.current = contexts
 
     def drain(self) -> None:
         """Stop accepting, let requests in flight finish up to the drain deadline, then stop."""

@@ -64,15 +64,17 @@ def wait_for(
 class Upstream:
     """The test upstream (tests/servers/upstream.py) as a real process."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, tls: tuple[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(UPSTREAM_SCRIPT), str(port)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(UPSTREAM_SCRIPT), str(port), *(tls or ())],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("test upstream did not start")
         self.port = int(line)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -104,7 +106,10 @@ class Gateway:
         self.log_path = tmp_path / f"{name}.log"
         self.write_config(config)
         self.config = config
-        self.port = int(config["server"]["listen"].rsplit(":", 1)[1])
+        listen = config["server"]["listen"]
+        first = listen[0] if isinstance(listen, list) else listen
+        first = first["address"] if isinstance(first, dict) else first
+        self.port = int(first.rsplit(":", 1)[1])
         self.admin_port = int(config["server"]["admin"].rsplit(":", 1)[1])
         self.proc: subprocess.Popen | None = None
 

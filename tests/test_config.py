@@ -59,7 +59,7 @@ def test_every_error_is_reported_at_once_with_its_path():
         "server.limits.max_body_bytes: expected a size such as 16384, 16KiB or 10MiB, got '10MB'",
         "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h or plain seconds, got '5 minutes'",
         "upstreams.echo.targets[0].weight: expected an integer >= 0 <= 10000, got '1'",
-        "upstreams.users.targets[0].url: expected a URL 'http://host:port' such as 'http://127.0.0.1:9001', got '127.0.0.1:9002'",
+        "upstreams.users.targets[0].url: expected a URL 'http://host:port' or 'https://host:port' such as 'http://127.0.0.1:9001', got '127.0.0.1:9002'",
         "routes[0].upstream: unknown upstream 'userz' (known: echo, users)",
         "routes[1].match.methods: expected a list, got 'GET'",
         "routes[2].strip_prefix: expected true or false, got 'yes'",

@@ -6,6 +6,7 @@ Defaults are the secure ones documented in docs/configuration.md.
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from ..http.addresses import Network, network
 from ..plugins.config import PluginEntry, parse_plugins
 from ..plugins.consumers import Consumer
+from ..tls import ListenerTls, check_listener_tls
 from .fields import (
     INVALID,
     Errors,
@@ -20,8 +22,10 @@ from .fields import (
     describe,
     duration,
     integer,
+    join,
     list_of,
     mapping_of,
+    optional,
     record,
     size,
     spec,
@@ -53,14 +57,22 @@ def address(value: Any, path: str, errors: Errors) -> Any:
 @dataclass(frozen=True)
 class Listener:
     address: tuple[str, int] = spec(address)
+    tls: ListenerTls | None = spec(optional(record(ListenerTls)), None)
+
+    @property
+    def scheme(self) -> bytes:
+        return b"https" if self.tls is not None else b"http"
 
 
 def listener(value: Any, path: str, errors: Errors) -> Any:
-    """A listener is an address string or a mapping `{address: ...}`."""
+    """A listener is an address string or a mapping `{address: ..., tls: {...}}`."""
     if isinstance(value, str):
         parsed = address(value, path, errors)
         return INVALID if parsed is INVALID else Listener(address=parsed)
-    return _listener_record(value, path, errors)
+    parsed = _listener_record(value, path, errors)
+    if parsed is not INVALID and parsed.tls is not None:
+        check_listener_tls(parsed.tls, join(path, "tls"), errors)
+    return parsed
 
 
 _listener_record = record(Listener)
@@ -103,7 +115,7 @@ class Server:
 
 
 def target_url(value: Any, path: str, errors: Errors) -> Any:
-    """`http://host:port`; the scheme and port are required so nothing is guessed."""
+    """`http://host:port` or `https://host:port`; the port is required so nothing is guessed."""
     if isinstance(value, str):
         parts = urlsplit(value)
         try:
@@ -111,7 +123,7 @@ def target_url(value: Any, path: str, errors: Errors) -> Any:
         except ValueError:
             port = None
         if (
-            parts.scheme == "http"
+            parts.scheme in ("http", "https")
             and parts.hostname
             and port
             and parts.path in ("", "/")
@@ -121,7 +133,8 @@ def target_url(value: Any, path: str, errors: Errors) -> Any:
             return (parts.scheme, parts.hostname, port)
     return errors.add(
         path,
-        f"expected a URL 'http://host:port' such as 'http://127.0.0.1:9001', got {describe(value)}",
+        "expected a URL 'http://host:port' or 'https://host:port' such as "
+        f"'http://127.0.0.1:9001', got {describe(value)}",
     )
 
 
@@ -143,11 +156,24 @@ class Pool:
     idle_timeout: float = spec(duration, 60.0)
 
 
+def ca_file(value: Any, path: str, errors: Errors) -> Any:
+    """A PEM bundle of CA certificates (checked by loading it)."""
+    if not isinstance(value, str):
+        return errors.add(path, f"expected a file name, got {describe(value)}")
+    try:
+        ssl.create_default_context(cafile=value)
+    except (OSError, ssl.SSLError) as exc:
+        return errors.add(path, f"cannot load CA certificates from '{value}': {exc}")
+    return value
+
+
 @dataclass(frozen=True)
 class Upstream:
     targets: tuple[Target, ...] = spec(list_of(record(Target), min_len=1))
     timeouts: UpstreamTimeouts = spec(record(UpstreamTimeouts), factory=UpstreamTimeouts)
     pool: Pool = spec(record(Pool), factory=Pool)
+    tls_verify: bool = spec(boolean, True)  # for https:// targets
+    ca: str | None = spec(optional(ca_file), None)  # default: the system's CAs
 
 
 _SEGMENT = r"(?:[^/{}*?#\s]+|\{[A-Za-z_][A-Za-z0-9_]*\})"

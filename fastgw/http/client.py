@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from ..plugins.base import FIRST_WATCHED
+from ..tls import peer_subjects
 from .exchange import Exchange
 from .headers import UNLISTED
 from .replies import error_body, reply
@@ -60,6 +61,7 @@ class ClientProtocol(asyncio.Protocol):
         "parsing",
         "paused",
         "peer",
+        "peer_subjects",
         "queue",
         "runtime",
         "site",
@@ -97,6 +99,7 @@ class ClientProtocol(asyncio.Protocol):
         self.tunnel: Any = None
         self.tunnel_early: list[bytes] | None = None
         self.peer = b""
+        self.peer_subjects: tuple[str, ...] | None = None  # a verified client certificate's
 
     # -- connection events -------------------------------------------------------------
 
@@ -114,6 +117,8 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
         self.forwarded = b"X-Forwarded-For: " + self.peer + self.site.proto_line
+        if self.site.tls is not None:
+            self.peer_subjects = peer_subjects(transport.get_extra_info("ssl_object"))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from httptools import HttpParserInvalidURLError, parse_url
 
-from ..plugins.base import Reply
+from ..plugins.base import UNSAFE, Reply
 from ..router import Allow, strip_prefix
 from .addresses import Address, parse_address, real_client
 from .headers import (
@@ -291,13 +291,19 @@ class Exchange:
             return
         self.route = route
         self.depth = found.prefix_depth if route.strip_prefix else -1
-        if route.access or route.response or route.log:
+        certified = self.client.peer_subjects
+        if route.access or route.response or route.log or certified is not None:
             self.consumer = self.subject = self.scopes = self.ctx = None
             self.address = _UNSET
             self.status = 0
             self.logged = False
-            if route.access and self.run_access(0):
-                return
+            if certified is not None:
+                self.certified(certified)
+            if route.access:
+                if self.run_access(0):
+                    return
+            else:
+                self.add_identity()
         self.proceed()
 
     def proceed(self) -> None:
@@ -333,13 +339,24 @@ class Exchange:
             log.exception("plugin error on route %s", self.route.name)
             self.local_error(500, "internal error")
             return True
+        self.add_identity()
+        return False
+
+    def add_identity(self) -> None:
+        """The identity headers of an authenticated request (a client's own were dropped)."""
         if self.consumer is not None:
             self.fwd += self.consumer.head
         if self.subject is not None:
             self.fwd += (b"X-Auth-Subject", b": ", self.subject, b"\r\n")
         if self.scopes is not None:
             self.fwd += (b"X-Auth-Scopes", b": ", self.scopes, b"\r\n")
-        return False
+
+    def certified(self, subjects: tuple[str, ...]) -> None:
+        """A verified client certificate (mTLS) authenticates the request."""
+        by_subject = self.runtime.consumers.by_mtls_subject
+        identity = next((by_subject[s] for s in subjects if s in by_subject), None)
+        subject = subjects[0].encode()
+        self.authenticated(identity, subject if UNSAFE.isdisjoint(subject) else None)
 
     def resumed(self, position: int, task: Any) -> None:
         """A plugin's I/O finished: answer, or carry on with the next hook."""

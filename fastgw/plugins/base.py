@@ -138,5 +138,8 @@ class Build:
         return kind
 
 
+# Bytes that must never reach a header value built from a token or certificate.
+UNSAFE = frozenset(range(32)) - {9} | {127}
+
 # Header kinds at or above this are headers some plugin reads (they are also forwarded).
 FIRST_WATCHED = 100

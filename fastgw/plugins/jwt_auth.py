@@ -28,14 +28,13 @@ from ..config.fields import (
     spec,
     string,
 )
-from ..outbound import client_tls
-from .base import Build, CheckContext, Phase, Plugin, Reply
+from ..tls import client_context
+from .base import UNSAFE, Build, CheckContext, Phase, Plugin, Reply
 from .jwks import KeySet, RemoteKeySet, parse_jwks
 
 HMAC = ("HS256", "HS384", "HS512")
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 CACHE_LIMIT = 10000
-UNSAFE = frozenset(range(32)) - {9} | {127}  # bytes that must not reach a header value
 
 
 def algorithm(value: Any, path: str, errors: Errors) -> Any:
@@ -193,7 +192,7 @@ class JwtAuth(Plugin):
             self.keys = KeySet(config.jwks_file)
         else:
             url = config.jwks_url
-            tls = client_tls(config.jwks_ca) if url.startswith("https://") else None
+            tls = client_context(config.jwks_ca, True) if url.startswith("https://") else None
             self.keys = build.services.keep(
                 ("jwks", url, config.jwks_ca),
                 lambda: RemoteKeySet(

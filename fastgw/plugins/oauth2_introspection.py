@@ -16,10 +16,11 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from ..config.fields import duration, list_of, optional, spec, string
-from ..outbound import OutboundError, client_tls, fetch
-from .base import Build, Phase, Plugin, Reply
+from ..outbound import OutboundError, fetch
+from ..tls import client_context
+from .base import UNSAFE, Build, Phase, Plugin, Reply
 from .flight import SingleFlight, TtlCache
-from .jwt_auth import UNSAFE, bearer_token, http_url, token_scopes
+from .jwt_auth import bearer_token, http_url, token_scopes
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class OAuth2Introspection(Plugin):
         self.authorization = build.watch("authorization")
         self.by_subject = build.consumers.by_jwt_subject
         self.scopes = frozenset(config.required_scopes)
-        self.tls = client_tls(config.ca) if config.endpoint.startswith("https://") else None
+        self.tls = (
+            client_context(config.ca, True) if config.endpoint.startswith("https://") else None
+        )
         credentials = f"{quote(config.client_id)}:{quote(config.client_secret)}".encode()
         self.client_auth = "Basic " + base64.b64encode(credentials).decode()
         self.answers = TtlCache()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
+from ..tls import client_context
 from .protocol import UpstreamProtocol
 
 if TYPE_CHECKING:
@@ -32,14 +34,22 @@ class Endpoint:
         "max_idle",
         "port",
         "retired",
+        "tls",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
-        self.label = f"{host}:{port}"
-        self.host_header = self.label.encode() if ":" not in host else f"[{host}]:{port}".encode()
+        self.tls = tls  # https: verified (unless configured off), SNI = host
+        self.label = f"{'https://' if tls else ''}{host}:{port}"
+        self.host_header = (f"[{host}]" if ":" in host else host).encode() + b":%d" % port
         self.idle: list[UpstreamProtocol] = []
         self.max_idle = 64
         self.idle_timeout = 60.0
@@ -81,7 +91,13 @@ class Endpoint:
         """Open a new connection; report to `exchange.connected` or `exchange.connect_failed`."""
         loop = self.loop
         task = loop.create_task(
-            loop.create_connection(lambda: UpstreamProtocol(self), self.host, self.port)
+            loop.create_connection(
+                lambda: UpstreamProtocol(self),
+                self.host,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.host if self.tls is not None else None,
+            )
         )
         timer = loop.call_later(timeout, task.cancel)
 
@@ -100,20 +116,26 @@ class Endpoint:
         task.add_done_callback(done)
 
 
+# An endpoint's key: host, port, and for https the TLS settings (CA file, verify).
+EndpointKey = tuple[str, int, tuple[str | None, bool] | None]
+
+
 class Registry:
-    """Endpoints by (host, port) for one worker; reloads reuse them."""
+    """Endpoints by address (and TLS settings) for one worker; reloads reuse them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.endpoints: dict[EndpointKey, Endpoint] = {}
 
-    def get(self, host: str, port: int) -> Endpoint:
-        endpoint = self.endpoints.get((host, port))
+    def get(self, key: EndpointKey) -> Endpoint:
+        endpoint = self.endpoints.get(key)
         if endpoint is None:
-            endpoint = self.endpoints[(host, port)] = Endpoint(self.loop, host, port)
+            host, port, tls = key
+            context = client_context(*tls) if tls is not None else None
+            endpoint = self.endpoints[key] = Endpoint(self.loop, host, port, context)
         return endpoint
 
-    def retain(self, used: set[tuple[str, int]]) -> None:
+    def retain(self, used: set[EndpointKey]) -> None:
         """Close idle connections of endpoints the live config no longer names."""
         for key in list(self.endpoints):
             if key not in used:

@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import socket
+import ssl
 import sys
 from urllib.parse import parse_qs, urlsplit
 
@@ -220,8 +221,13 @@ async def respond(
 
 
 async def main() -> None:
+    """`upstream.py [PORT [CERT KEY]]`: with a certificate and key, it speaks TLS."""
+    context = None
+    if len(sys.argv) > 3:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
     server = await asyncio.start_server(
-        handle, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0
+        handle, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0, ssl=context
     )
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
