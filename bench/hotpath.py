@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import jwt
 import uvloop
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fastgw.config.loader import Loaded, validate
 from fastgw.http.client import ClientProtocol
@@ -32,6 +37,28 @@ RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
     b"Date: Mon, 23 Nov 2026 00:00:00 GMT\r\nServer: upstream\r\n\r\nhello world\n"
 )
+
+
+API_KEY = "bench-key-0123456789abcdef"
+_SIGNER = rsa.generate_private_key(65537, 2048)
+_PUBLIC_PEM = Path(tempfile.mkdtemp()) / "hotpath-jwt.pem"
+_PUBLIC_PEM.write_bytes(
+    _SIGNER.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+)
+# The global plugins of each --plugin choice ("none": the same requests, no plugin).
+PLUGIN_SETTINGS: dict[str, dict] = {
+    "none": {},
+    "key-auth": {"key-auth": {}},
+    "jwt-auth": {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": str(_PUBLIC_PEM)}},
+}
+
+
+def with_credentials(request: bytes) -> bytes:
+    """The request with an API key and a day-long RS256 token (the cached path of jwt-auth)."""
+    now = int(time.time())
+    token = jwt.encode({"sub": "bench", "iat": now, "exp": now + 86400}, _SIGNER, "RS256")
+    extra = f"apikey: {API_KEY}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    return request[:-2] + extra
 
 
 class MemoryTransport:
@@ -68,8 +95,8 @@ class MemoryTransport:
         return ("127.0.0.1", 40000) if name == "peername" else None
 
 
-def setup(routes: int) -> tuple[ClientProtocol, UpstreamProtocol]:
-    config = {
+def setup(routes: int, plugin: str | None = None) -> tuple[ClientProtocol, UpstreamProtocol]:
+    config: dict = {
         "upstreams": {"up": {"targets": [{"url": "http://127.0.0.1:9001"}]}},
         "routes": [
             {"name": f"r{i}", "match": {"paths": [f"/svc{i}/items/{{id}}"]}, "upstream": "up"}
@@ -84,6 +111,11 @@ def setup(routes: int) -> tuple[ClientProtocol, UpstreamProtocol]:
             {"name": "api", "match": {"paths": ["/api/*"]}, "upstream": "up", "strip_prefix": True},
         ],
     }
+    if plugin is not None:
+        config["consumers"] = [
+            {"name": "bench", "key_auth": {"keys": [API_KEY]}, "jwt": {"subject": "bench"}}
+        ]
+        config["plugins"] = PLUGIN_SETTINGS[plugin]
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(Loaded(validate(config), "hotpath", "-"), 1, 0, None)
@@ -100,16 +132,17 @@ def setup(routes: int) -> tuple[ClientProtocol, UpstreamProtocol]:
     return client, upstream
 
 
-def run(count: int, routes: int) -> float:
+def run(count: int, routes: int, plugin: str | None = None) -> float:
     """Microseconds per request, best of 5 rounds."""
-    client, upstream = setup(routes)
+    client, upstream = setup(routes, plugin)
     client_data = client.data_received
     upstream_data = upstream.data_received
+    request = REQUEST if plugin is None else with_credentials(REQUEST)
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
         for _ in range(count):
-            client_data(REQUEST)
+            client_data(request)
             upstream_data(RESPONSE)
         best = min(best, (time.perf_counter() - started) / count * 1e6)
     assert client.transport.writes >= count and upstream.transport.writes >= count
@@ -123,9 +156,16 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--routes", type=int, default=10)
+    parser.add_argument(
+        "--plugin",
+        choices=sorted(PLUGIN_SETTINGS),
+        help="a global plugin; every request then carries an API key and an RS256 JWT",
+    )
     args = parser.parse_args()
+    micros = run(args.count, args.routes, args.plugin)
     print(
-        f"{run(args.count, args.routes):.2f} us of Python per proxied request ({args.routes} routes)"
+        f"{micros:.2f} us of Python per proxied request ({args.routes} routes"
+        + (f", {args.plugin})" if args.plugin else ")")
     )
 
 

@@ -67,12 +67,19 @@ def percentile(sorted_values: list[int], p: float) -> int:
 
 
 async def run(
-    url: str, connections: int, duration: float, method: str, body_size: int, rps: float
+    url: str,
+    connections: int,
+    duration: float,
+    method: str,
+    body_size: int,
+    rps: float,
+    headers: list[str] | None = None,
 ) -> dict:
     parts = urlsplit(url)
     body = b"x" * body_size
     request = (
         f"{method} {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode()
+        + "".join(f"{line}\r\n" for line in headers or ()).encode()
         + (b"Content-Length: %d\r\n" % len(body) if body else b"")
         + b"\r\n"
         + body
@@ -134,9 +141,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default="GET")
     parser.add_argument("--body-size", type=int, default=0)
     parser.add_argument("--rps", type=float, default=0.0, help="total requests per second (paced)")
+    parser.add_argument(
+        "--header", action="append", default=[], help="'Name: value', sent with every request"
+    )
     args = parser.parse_args(argv)
     result = uvloop.run(
-        run(args.url, args.connections, args.duration, args.method, args.body_size, args.rps)
+        run(
+            args.url,
+            args.connections,
+            args.duration,
+            args.method,
+            args.body_size,
+            args.rps,
+            args.header,
+        )
     )
     print(json.dumps(result))
 

@@ -96,9 +96,10 @@ class FastGW(Service):
         routes: int = 10,
         workers: int = 1,
         cpu: str | None = None,
+        extra: dict | None = None,
     ) -> None:
         port = free_port()
-        config = {
+        config: dict = {
             "server": {
                 "listen": f"127.0.0.1:{port}",
                 "workers": workers,
@@ -111,6 +112,7 @@ class FastGW(Service):
                 }
             },
             "routes": route_table(routes),
+            **(extra or {}),
         }
         path = workdir / f"fastgw-{port}.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -85,6 +85,7 @@ def load(
     method: str = "GET",
     body_size: int = 0,
     rps: float = 0.0,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> dict:
     """One measurement with the best generator available."""
     if rps:
@@ -95,11 +96,15 @@ def load(
         )
         return tools.builtin(url, connections, duration, run.load_cpu, rps=rps)
     if run.use_tools and tools.have("wrk"):
-        return tools.wrk(url, connections, duration, run.workdir, run.load_cpu, method, body_size)
+        return tools.wrk(
+            url, connections, duration, run.workdir, run.load_cpu, method, body_size, headers
+        )
     run.note(
         "wrk not used (not installed or --builtin): throughput from the built-in generator (smoke quality)"
     )
-    return tools.builtin(url, connections, duration, run.load_cpu, method, body_size)
+    return tools.builtin(
+        url, connections, duration, run.load_cpu, method, body_size, headers=headers
+    )
 
 
 def measure(run: Run, name: str, pids: list[int], port: int, path: str = "/bench", **kw) -> dict:
@@ -226,19 +231,26 @@ def scenario_upload(run: Run) -> dict:
 def compare(
     run: Run,
     title: str,
-    first: tuple[str, FastGW],
-    second: tuple[str, FastGW],
+    setups: list[tuple[str, FastGW]],
     stop: list,
     reps: int = 3,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> dict:
-    """Two fastgw set-ups against the same upstream, interleaved; the second relative to the first."""
+    """fastgw set-ups against the same upstream, interleaved; each relative to the first."""
     try:
-        targets = [(name, gw.pids(), gw.port) for name, gw in (first, second)]
-        rounds = interleaved(run, targets, run.reps or reps, connections=64, duration=run.duration)
+        targets = [(name, gw.pids(), gw.port) for name, gw in setups]
+        rounds = interleaved(
+            run,
+            targets,
+            run.reps or reps,
+            connections=64,
+            duration=run.duration,
+            headers=headers,
+        )
     finally:
         for service in stop:
             service.stop()
-    summary = summarise(rounds, baseline=first[0], reference=None)
+    summary = summarise(rounds, baseline=setups[0][0], reference=None)
     print_table(title, summary)
     return {"summary": summary, "rounds": rounds}
 
@@ -250,8 +262,7 @@ def scenario_routes10k(run: Run) -> dict:
     return compare(
         run,
         "routes10k: small with 10 and with 10,000 routes (vs direct = vs 10 routes)",
-        ("fastgw-10", few),
-        ("fastgw-10k", many),
+        [("fastgw-10", few), ("fastgw-10k", many)],
         [few, many, upstream],
         reps=5,  # single repetitions scatter by more than the 5 % this scenario checks
     )
@@ -269,8 +280,7 @@ def scenario_workers(run: Run) -> dict:
     return compare(
         run,
         "workers: small with workers: 1 and workers: 2 (vs direct = vs 1 worker)",
-        ("workers-1", one),
-        ("workers-2", two),
+        [("workers-1", one), ("workers-2", two)],
         [one, two, upstream],
     )
 
@@ -407,9 +417,65 @@ def scenario_idle(run: Run) -> dict:
 
 
 def scenario_plugins(run: Run) -> dict:
-    """`small` with the plugin chain on; the plugin issues add their chains here."""
-    print("\nplugins: no plugins exist yet; the plugin issues add their chains to this scenario")
-    return {"summary": {}}
+    """`small` through the plugin chains, each set-up against the same upstream and requests.
+
+    Every request carries an API key and an RS256 JWT, so the three set-ups see identical
+    bytes; the difference in CPU per request is what a plugin costs. Later plugin issues add
+    their set-ups (rate limit, metrics, access log) here.
+    """
+    key, token, pem = bench_credentials(run.workdir)
+    consumers = [{"name": "bench", "key_auth": {"keys": [key]}, "jwt": {"subject": "bench"}}]
+    chains = {
+        "no-plugins": {},
+        "key-auth": {"key-auth": {}},
+        "jwt-auth": {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": str(pem)}},
+    }
+    upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
+    setups = [
+        (
+            name,
+            FastGW(
+                run.workdir,
+                upstream.port,
+                cpu=run.proxy_cpu,
+                extra={"consumers": consumers, "plugins": plugins},
+            ),
+        )
+        for name, plugins in chains.items()
+    ]
+    result = compare(
+        run,
+        "plugins: small with a global plugin (vs direct = vs no plugins)",
+        setups,
+        [gw for _, gw in setups] + [upstream],
+        headers=(("apikey", key), ("Authorization", f"Bearer {token}")),
+    )
+    summary = result["summary"]
+    base = summary["no-plugins"]["cpu_us_per_request"]
+    for name in list(chains)[1:]:
+        cpu = summary[name]["cpu_us_per_request"]
+        if base is not None and cpu is not None:
+            summary[name]["cost_us_per_request"] = cpu - base
+            print(f"  {name}: +{cpu - base:.1f} us of CPU per request over no plugins")
+        if summary[name]["errors"]:
+            print(f"  {name}: {summary[name]['errors']} request(s) failed: check the credentials")
+    return result
+
+
+def bench_credentials(workdir: Path) -> tuple[str, str, Path]:
+    """An API key, an RS256 token valid for a day, and the PEM file of its public key."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = rsa.generate_private_key(65537, 2048)
+    pem = workdir / "bench-jwt.pem"
+    pem.write_bytes(
+        private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    now = int(time.time())
+    token = jwt.encode({"sub": "bench", "iat": now, "exp": now + 86400}, private, "RS256")
+    return "bench-key-0123456789abcdef", token, pem
 
 
 def machine() -> dict:

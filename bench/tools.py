@@ -17,6 +17,7 @@ from .procs import ROOT, pinned
 WRK_SCRIPT = """
 wrk.method = "{method}"
 {body}
+{headers}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -52,10 +53,12 @@ def wrk(
     cpu: str | None,
     method: str = "GET",
     body_size: int = 0,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> dict:
-    script = workdir / f"wrk-{method}-{body_size}.lua"
+    script = workdir / f"wrk-{method}-{body_size}-{len(headers)}.lua"
     body = f'wrk.body = string.rep("x", {body_size})' if body_size else ""
-    script.write_text(WRK_SCRIPT.format(method=method, body=body))
+    lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers)
+    script.write_text(WRK_SCRIPT.format(method=method, body=body, headers=lines))
     out = run_tool(
         [
             "wrk",
@@ -126,6 +129,7 @@ def builtin(
     method: str = "GET",
     body_size: int = 0,
     rps: float = 0.0,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> dict:
     out = run_tool(
         [
@@ -144,6 +148,7 @@ def builtin(
             str(body_size),
             "--rps",
             str(rps),
+            *(f"--header={name}: {value}" for name, value in headers),
         ],
         duration,
         cpu,
