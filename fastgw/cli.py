@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .config.loader import ConfigError, Loaded, build_router, load
+from .plugins.config import effective
 
 
 def setup_logging(level: str) -> None:
@@ -40,9 +41,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     config = loaded.config
     listen = ", ".join(f"{h}:{p}" for h, p in (lst.address for lst in config.server.listen))
+    plugins = sorted({*config.plugins, *(name for r in config.routes for name in r.plugins)})
     print(
         f"ok: {args.config} ({loaded.digest}): {len(config.routes)} route(s), "
         f"{len(config.upstreams)} upstream(s), {sum(len(u.targets) for u in config.upstreams.values())} target(s), "
+        f"{len(config.consumers)} consumer(s), plugins: {', '.join(plugins) or 'none'}, "
         f"listening on {listen}, workers: {config.server.workers}"
     )
     return 0
@@ -68,6 +71,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
         headers = ",".join(f"{k}={v}" for k, v in (route.match.headers or {}).items())
         if headers:
             options = ",".join(filter(None, [options, f"headers:{headers}"]))
+        active = ",".join(e.name for e in effective(loaded.config.plugins, route.plugins))
+        if active:
+            options = ",".join(filter(None, [options, f"plugins:{active}"]))
         rows.append(
             (
                 pattern,

@@ -6,6 +6,7 @@ through these helpers has been accepted by it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,3 +339,40 @@ def rss_kib(pid: int) -> tuple[int, int]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+@contextlib.contextmanager
+def demo(tmp_path: Path, config_name: str) -> Iterator[int]:
+    """`fastgw demo` on a shipped config moved to free ports; yields the gateway's port."""
+    port, admin, echo = free_port(), free_port(), free_port()
+    text = (ROOT / "config" / config_name).read_text()
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    text = text.replace("127.0.0.1:9901", f"127.0.0.1:{admin}")
+    text = text.replace("127.0.0.1:9001", f"127.0.0.1:{echo}")
+    path = tmp_path / config_name
+    path.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastgw", "demo", "-c", str(path)], cwd=ROOT, stderr=subprocess.PIPE
+    )
+
+    def ready() -> bool:
+        try:
+            return request(admin, "GET", "/readyz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, what="demo gateway ready")
+        wait_for(lambda: port_open(echo), what="demo echo upstream")
+        yield port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

@@ -4,12 +4,15 @@ identity headers, global plugins and overrides, and a plugin loaded from `plugin
 import base64
 import hashlib
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
 from fastgw.plugins.passwords import hash_password
 
-from .support import Client, Gateway, base_config, request, wait_for
+from .support import ROOT, Client, Gateway, base_config, demo, request, wait_for
 
 ALICE_PASSWORD = "wonder land:1"
 
@@ -344,3 +347,32 @@ def test_plugins_follow_a_reload(secured, upstream):
     secured.wait_log("config version 2 .* live")
     assert request(secured.port, "GET", "/key/x").status == 200
     assert request(secured.port, "GET", "/hidden/x").status == 401
+
+
+def test_readme_quick_start_works_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    one_liner = re.search(r"TOKEN=\$\(\.venv/bin/python -c '(.+?)'\)", readme)[1]
+    token = subprocess.run(
+        [sys.executable, "-c", one_liner], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with demo(tmp_path, "auth.yaml") as port:
+        refused = request(port, "GET", "/keys/hello")
+        assert refused.status == 401 and refused.header("www-authenticate") == 'Key realm="fastgw"'
+        ok = request(port, "GET", "/keys/hello", headers=[("apikey", "alice-secret-key")])
+        assert ok.status == 200
+        seen = dict(ok.json()["headers"])
+        assert seen["X-Consumer-Name"] == "alice" and "apikey" not in seen
+        by_token = request(
+            port, "GET", "/tokens/hello", headers=[("Authorization", f"Bearer {token}")]
+        )
+        assert (
+            by_token.status == 200 and dict(by_token.json()["headers"])["X-Auth-Subject"] == "alice"
+        )
+        assert (
+            request(port, "GET", "/admin/x", headers=[("apikey", "alice-secret-key")]).status == 200
+        )
+
+
+def test_docs_show_the_example_plugin_as_it_is():
+    example = (ROOT / "tests" / "example_plugin.py").read_text()
+    assert example in (ROOT / "docs" / "plugins.md").read_text()

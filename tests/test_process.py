@@ -18,7 +18,7 @@ from .support import (
     Gateway,
     Upstream,
     base_config,
-    free_port,
+    demo,
     request,
     rss_kib,
     upstream_open,
@@ -216,31 +216,10 @@ def test_busy_port_is_reported_before_workers_start(upstream, tmp_path):
 
 
 def test_demo_serves_the_shipped_example(tmp_path):
-    port, admin, echo = free_port(), free_port(), free_port()
-    text = (ROOT / "config" / "fastgw.yaml").read_text()
-    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace(
-        "127.0.0.1:9901", f"127.0.0.1:{admin}"
-    )
-    text = text.replace("127.0.0.1:9001", f"127.0.0.1:{echo}")
-    path = tmp_path / "demo.yaml"
-    path.write_text(text)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastgw", "demo", "-c", str(path)], cwd=ROOT, stderr=subprocess.PIPE
-    )
-    try:
-
-        def answer():
-            try:
-                return request(port, "GET", "/echo/hello", timeout=1)
-            except OSError:
-                return None
-
-        response = wait_for(answer, what="demo answer")
+    with demo(tmp_path, "fastgw.yaml") as port:
+        response = request(port, "GET", "/echo/hello")
         assert response.status == 200
         assert response.json()["url"] == "/echo/hello"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
 
 
 def test_workers_auto_starts_one_per_core(upstream, tmp_path):

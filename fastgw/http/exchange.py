@@ -388,6 +388,14 @@ class Exchange:
         else:
             self.local_reply(outcome.status, outcome.body, outcome.content_type, outcome.extra)
 
+    def run_response_hooks(self, status: int, head: list[bytes]) -> None:
+        """The route's response hooks, in reverse plugin order; a failing one is skipped."""
+        for hook in self.route.response:
+            try:
+                hook(self, status, head)
+            except Exception:
+                log.exception("plugin error in a response hook on route %s", self.route.name)
+
     def run_log(self) -> None:
         if not self.logged:
             self.logged = True
@@ -664,8 +672,7 @@ class Exchange:
         if route is not None and route.response:
             # The route's response hooks see the gateway's own replies too (e.g. CORS on a 401).
             head = [b"X-Request-ID", b": ", request_id, b"\r\n"]
-            for hook in route.response:
-                hook(self, status, head)
+            self.run_response_hooks(status, head)
             extra = b"".join(head) + extra
             request_id = b""
         client.transport.write(

@@ -209,10 +209,8 @@ class UpstreamProtocol(asyncio.Protocol):
         if named:
             parts = drop_named(parts, named)
         exchange.status = status
-        hooks = exchange.route.response
-        if hooks:
-            for hook in hooks:
-                hook(exchange, status, parts)
+        if exchange.route.response:
+            exchange.run_response_hooks(status, parts)
         close = exchange.close_after
         if status == 101:
             parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
