@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +20,13 @@ from typing import Any
 import jwt
 import uvloop
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from fastgw.config.loader import Loaded, validate
 from fastgw.http.client import ClientProtocol
@@ -40,23 +47,39 @@ RESPONSE = (
 
 
 API_KEY = "bench-key-0123456789abcdef"
-_SIGNER = rsa.generate_private_key(65537, 2048)
-_PUBLIC_PEM = Path(tempfile.mkdtemp()) / "hotpath-jwt.pem"
-_PUBLIC_PEM.write_bytes(
-    _SIGNER.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-)
-# The global plugins of each --plugin choice ("none": the same requests, no plugin).
-PLUGIN_SETTINGS: dict[str, dict] = {
-    "none": {},
-    "key-auth": {"key-auth": {}},
-    "jwt-auth": {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": str(_PUBLIC_PEM)}},
-}
+
+
+@functools.cache
+def signer() -> tuple[Any, str]:
+    """An RSA key and the PEM file of its public half, made once and kept in the temp dir:
+    key generation takes a random time, which would blur instruction counts between runs."""
+    folder = Path(tempfile.gettempdir())
+    private, public = folder / "fastgw-hotpath-rsa.key", folder / "fastgw-hotpath-rsa.pem"
+    if private.exists() and public.exists():
+        key = load_pem_private_key(private.read_bytes(), None)
+    else:
+        key = rsa.generate_private_key(65537, 2048)
+        private.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        public.write_bytes(
+            key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        )
+    return key, str(public)
+
+
+def plugin_settings(plugin: str) -> dict:
+    """The global plugins of each --plugin choice ("none": the same requests, no plugin)."""
+    if plugin == "jwt-auth":
+        return {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": signer()[1]}}
+    return {"key-auth": {}} if plugin == "key-auth" else {}
+
+
+PLUGINS = ("none", "key-auth", "jwt-auth")
 
 
 def with_credentials(request: bytes) -> bytes:
     """The request with an API key and a day-long RS256 token (the cached path of jwt-auth)."""
     now = int(time.time())
-    token = jwt.encode({"sub": "bench", "iat": now, "exp": now + 86400}, _SIGNER, "RS256")
+    token = jwt.encode({"sub": "bench", "iat": now, "exp": now + 86400}, signer()[0], "RS256")
     extra = f"apikey: {API_KEY}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
     return request[:-2] + extra
 
@@ -115,7 +138,7 @@ def setup(routes: int, plugin: str | None = None) -> tuple[ClientProtocol, Upstr
         config["consumers"] = [
             {"name": "bench", "key_auth": {"keys": [API_KEY]}, "jwt": {"subject": "bench"}}
         ]
-        config["plugins"] = PLUGIN_SETTINGS[plugin]
+        config["plugins"] = plugin_settings(plugin)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(Loaded(validate(config), "hotpath", "-"), 1, 0, None)
@@ -158,7 +181,7 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=10)
     parser.add_argument(
         "--plugin",
-        choices=sorted(PLUGIN_SETTINGS),
+        choices=PLUGINS,
         help="a global plugin; every request then carries an API key and an RS256 JWT",
     )
     args = parser.parse_args()
