@@ -54,7 +54,7 @@ def pki(tmp_path_factory):
         "rogue_ca": rogue_ca,
         "default": write_pair(directory, "gw", server_ca.issue_cert("gw.test", "127.0.0.1")),
         "other": write_pair(directory, "other", server_ca.issue_cert("*.other.test")),
-        "upstream": write_pair(directory, "up", server_ca.issue_cert("127.0.0.1")),
+        "upstream": write_pair(directory, "up", server_ca.issue_cert("127.0.0.1", "localhost")),
         "alice": client_ca.issue_cert("alice@example.com", common_name="alice"),
         "mallory": client_ca.issue_cert("mallory@example.com", common_name="mallory"),
         "rogue": rogue_ca.issue_cert("alice@example.com", common_name="alice"),
@@ -96,11 +96,15 @@ def tls_gw(upstream, tls_upstream, pki):
             "verified": {"targets": [{"url": https}], "ca": str(pki["dir"] / "server-ca.pem")},
             "system": {"targets": [{"url": https}]},
             "unverified": {"targets": [{"url": https}], "tls_verify": False},
+            "named": {
+                "targets": [{"url": https.replace("127.0.0.1", "localhost")}],
+                "ca": str(pki["dir"] / "server-ca.pem"),
+            },
         }
     )
     config["routes"] = [
         {"name": name, "match": {"paths": [f"/{name}/*"]}, "upstream": name}
-        for name in ("verified", "system", "unverified")
+        for name in ("verified", "system", "unverified", "named")
     ] + config["routes"]
     gw = Gateway(pki["dir"], config).start()
     gw.ports = ports
@@ -196,6 +200,9 @@ def test_https_upstreams_verify_and_pool(tls_gw, tls_upstream):
     refused = request(tls_gw.port, "GET", "/system/a")  # the test CA is not in the system store
     assert refused.status == 502
     assert request(tls_gw.port, "GET", "/unverified/a").status == 200
+    named = request(tls_gw.port, "GET", "/named/a")
+    assert named.status == 200 and named.json()["sni"] == "localhost"  # SNI is the target's host
+    assert first["sni"] is None  # no SNI for an IP address (RFC 6066), verified against its IP SAN
     assert "certificate verify failed" in tls_gw.log() or "refused" in tls_gw.log()
 
 

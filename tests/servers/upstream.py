@@ -200,6 +200,7 @@ async def respond(
                 "sha256": digest,
                 "connection": conn_id,
                 "served": served,
+                "sni": SNI.get(id(writer.get_extra_info("ssl_object"))),
             }
         ).encode()
         extra = [(k, v) for k, v in (("X-Upstream-Hop", "yes"),)]
@@ -220,12 +221,20 @@ async def respond(
     return True
 
 
+SNI: dict[int, str | None] = {}  # the server name each TLS connection asked for
+
+
+def remember_sni(ssl_object: ssl.SSLObject, server_name: str | None, _context: object) -> None:
+    SNI[id(ssl_object)] = server_name
+
+
 async def main() -> None:
     """`upstream.py [PORT [CERT KEY]]`: with a certificate and key, it speaks TLS."""
     context = None
     if len(sys.argv) > 3:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(sys.argv[2], sys.argv[3])
+        context.sni_callback = remember_sni
     server = await asyncio.start_server(
         handle, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0, ssl=context
     )
