@@ -66,16 +66,18 @@ class BasicAuth(Plugin):
         return self.verify(ex, key, user, password)
 
     async def verify(self, ex, key: bytes, user: bytes, password: bytes) -> Reply | None:
-        identity = await self.flight.run(key, lambda: self.verify_password(user, password))
+        identity = await self.flight.run(key, lambda: self.verify_password(key, user, password))
         if identity is None:
             return self.invalid.because(f"basic-auth: wrong password or unknown user {user!r}")
-        self.verified.put(key, identity, self.loop.time() + self.ttl)
         ex.authenticated(identity)
         return None
 
-    async def verify_password(self, user: bytes, password: bytes) -> Identity | None:
-        """scrypt in a worker thread; unknown users cost the same as known ones."""
+    async def verify_password(self, key: bytes, user: bytes, password: bytes) -> Identity | None:
+        """scrypt in a worker thread (unknown users cost the same as known ones); a match is
+        remembered inside the shared call, so no request slips between check and cache."""
         entry = self.users.get(user)
         hashed, identity = entry if entry is not None else (_DECOY, None)
-        ok = await self.loop.run_in_executor(None, hashed.matches, password)
-        return identity if ok else None
+        if not await self.loop.run_in_executor(None, hashed.matches, password):
+            return None
+        self.verified.put(key, identity, self.loop.time() + self.ttl)
+        return identity

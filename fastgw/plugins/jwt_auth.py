@@ -9,6 +9,7 @@ client reusing its token costs a dict lookup and a clock read, not a signature c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ..config.fields import (
-    INVALID,
     Errors,
+    Parser,
     boolean,
     describe,
     duration,
@@ -45,27 +46,24 @@ def algorithm(value: Any, path: str, errors: Errors) -> Any:
     )
 
 
-def _read(path_text: str, path: str, errors: Errors) -> bytes | None:
-    try:
-        with open(path_text, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        errors.add(path, f"cannot read '{path_text}': {exc.strerror}")
-        return None
+def file_contents(convert: Callable[[bytes], Any]) -> Parser:
+    """A file name, read at load; the setting is `convert(contents)`, whose ValueError is the
+    message."""
 
+    def parse(value: Any, path: str, errors: Errors) -> Any:
+        if not isinstance(value, str):
+            return errors.add(path, f"expected a file name, got {describe(value)}")
+        try:
+            with open(value, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            return errors.add(path, f"cannot read '{value}': {exc.strerror}")
+        try:
+            return convert(data)
+        except ValueError as exc:
+            return errors.add(path, f"'{value}' {exc}")
 
-def public_key_file(value: Any, path: str, errors: Errors) -> Any:
-    """A PEM public key or certificate file; the config keeps the PEM (checked here)."""
-    if not isinstance(value, str):
-        return errors.add(path, f"expected a file name, got {describe(value)}")
-    data = _read(value, path, errors)
-    if data is None:
-        return INVALID
-    try:
-        load_public_key(data)
-    except ValueError:
-        return errors.add(path, f"'{value}' holds no PEM public key or certificate")
-    return data
+    return parse
 
 
 def load_public_key(pem: bytes) -> Any:
@@ -74,16 +72,24 @@ def load_public_key(pem: bytes) -> Any:
     return load_pem_public_key(pem)
 
 
-def jwks_file(value: Any, path: str, errors: Errors) -> Any:
-    if not isinstance(value, str):
-        return errors.add(path, f"expected a file name, got {describe(value)}")
-    data = _read(value, path, errors)
-    if data is None:
-        return INVALID
+def checked_pem(pem: bytes) -> bytes:
+    """The PEM itself (workers load it), once it is known to hold a public key."""
+    try:
+        load_public_key(pem)
+    except ValueError:
+        raise ValueError("holds no PEM public key or certificate") from None
+    return pem
+
+
+def checked_jwks(data: bytes) -> dict:
     try:
         return parse_jwks(data)
     except ValueError as exc:
-        return errors.add(path, f"'{value}': {exc}")
+        raise ValueError(f"is {exc}") from None
+
+
+public_key_file = file_contents(checked_pem)
+jwks_file = file_contents(checked_jwks)
 
 
 def token_source(value: Any, path: str, errors: Errors) -> Any:

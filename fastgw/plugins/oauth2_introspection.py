@@ -85,13 +85,19 @@ class OAuth2Introspection(Plugin):
 
     async def introspect_then_admit(self, ex, token: bytes) -> Reply | None:
         try:
-            answer = await self.flight.run(token, lambda: self.introspect(token))
+            answer = await self.flight.run(token, lambda: self.introspect_and_remember(token))
         except (OutboundError, ValueError) as exc:
             return self.unavailable.because(f"oauth2-introspection: {exc}")
         if answer is INACTIVE:
             return self.invalid.because("oauth2-introspection: the token is not active")
-        self.answers.put(token, answer, answer.until)
         return self.admit(ex, answer)
+
+    async def introspect_and_remember(self, token: bytes) -> Any:
+        """Cached inside the shared call, so no request slips between the call and the cache."""
+        answer = await self.introspect(token)
+        if answer is not INACTIVE:
+            self.answers.put(token, answer, answer.until)
+        return answer
 
     def admit(self, ex, answer: Introspected) -> Reply | None:
         if self.scopes and not self.scopes.issubset(answer.scopes):
