@@ -12,8 +12,6 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from .config.fields import Errors, list_of, one_of, optional, record, spec, string
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -85,6 +83,8 @@ def server_context(pair: CertificatePair, tls: ListenerTls) -> ssl.SSLContext:
 
 def certificate_names(cert_file: str) -> list[str]:
     """DNS names a certificate answers for (SANs, else its CN), lower-cased."""
+    from cryptography import x509  # on first use: ~10 MiB that configs without TLS do not pay
+
     with open(cert_file, "rb") as handle:
         cert = x509.load_pem_x509_certificate(handle.read())
     try:
@@ -141,6 +141,8 @@ def peer_subjects(ssl_object: Any) -> tuple[str, ...] | None:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    from cryptography import x509
+
     subject = x509.load_der_x509_certificate(der).subject
     names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     full = subject.rfc4514_string()

@@ -302,6 +302,7 @@ def intro_gw(upstream, idp, tmp_path_factory):
         "short": {"active": True, "sub": "alice", "scope": "read", "exp": now + 2},
         "dead": {"active": False},
         "fresh": {"active": True, "sub": "carol", "scope": "read"},
+        "with-body": {"active": True, "sub": "dave", "scope": "read"},
     }
     (idp["dir"] / "tokens.json").write_text(json.dumps(answers))
     endpoint = f"{idp['url']}/introspect"
@@ -364,3 +365,14 @@ def test_concurrent_requests_share_one_introspection(intro_gw, idp):
     statuses = in_parallel(lambda: get(intro_gw, "/read/x", "fresh").status, 10)
     assert statuses == [200] * 10
     assert hits(idp, "/introspect") == before + 1
+
+
+def test_a_body_waits_while_the_token_is_introspected(intro_gw):
+    body = bytes(range(256)) * 1200  # 300 KiB: more than is buffered before reading pauses
+    response = request(
+        intro_gw.port, "POST", "/read/upload", headers=bearer("with-body"), body=body
+    )
+    assert response.status == 200
+    received = response.json()
+    assert received["body_bytes"] == len(body)
+    assert received["sha256"] == hashlib.sha256(body).hexdigest()

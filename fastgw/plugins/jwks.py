@@ -14,9 +14,6 @@ import math
 import ssl
 from typing import Any
 
-from jwt import PyJWK, PyJWKSet
-from jwt.exceptions import PyJWKError, PyJWKSetError
-
 from ..outbound import OutboundError, fetch
 
 log = logging.getLogger("fastgw.plugins.jwks")
@@ -24,6 +21,9 @@ log = logging.getLogger("fastgw.plugins.jwks")
 
 def parse_jwks(document: Any) -> dict[str | None, dict]:
     """kid -> JWK (dict) of a JWKS document; raises ValueError with a readable reason."""
+    from jwt import PyJWKSet  # on first use: see jwt_auth
+    from jwt.exceptions import PyJWKError, PyJWKSetError
+
     if isinstance(document, (bytes, str)):
         try:
             document = json.loads(document)
@@ -41,7 +41,7 @@ class KeySet:
 
     def __init__(self, keys: dict[str | None, dict] | None = None) -> None:
         self.keys: dict[str | None, dict] = keys or {}
-        self.built: dict[tuple[str | None, str], PyJWK | None] = {}
+        self.built: dict[tuple[str | None, str], Any] = {}
         self.version = 0  # changes whenever the keys change (token caches follow it)
 
     def replace(self, keys: dict[str | None, dict]) -> None:
@@ -50,8 +50,8 @@ class KeySet:
             self.built = {}
             self.version += 1
 
-    def lookup(self, kid: str | None, alg: str) -> PyJWK | None:
-        """The key for a token header; None when the set has no such key for this algorithm."""
+    def lookup(self, kid: str | None, alg: str) -> Any:
+        """The PyJWK for a token header; None when the set has no such key for this algorithm."""
         found = self.built.get((kid, alg), False)
         if found is not False:
             return found
@@ -60,6 +60,9 @@ class KeySet:
             jwk = next(iter(self.keys.values()))
         key = None
         if jwk is not None and jwk.get("alg", alg) == alg:
+            from jwt import PyJWK
+            from jwt.exceptions import PyJWKError
+
             try:
                 key = PyJWK(jwk, algorithm=alg)
             except PyJWKError:

@@ -4,6 +4,9 @@ Keys come from exactly one of `jwks_url`, `jwks_file`, `public_key_file` or `sec
 `algorithms` allow-list is enforced (never `none`, never an HMAC with a public key). A token
 verified once is remembered until it expires (bounded, cleared when the keys change), so a
 client reusing its token costs a dict lookup and a clock read, not a signature check.
+
+pyjwt and `cryptography` are imported on first use (~10 MiB per process that configs without
+JWT, or TLS, do not pay).
 """
 
 from __future__ import annotations
@@ -12,10 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ..config.fields import (
     Errors,
@@ -67,6 +66,9 @@ def file_contents(convert: Callable[[bytes], Any]) -> Parser:
 
 
 def load_public_key(pem: bytes) -> Any:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     if b"CERTIFICATE" in pem:
         return x509.load_pem_x509_certificate(pem).public_key()
     return load_pem_public_key(pem)
@@ -266,6 +268,8 @@ class JwtAuth(Plugin):
                 ex.authenticated(*cached[0])
                 return None
             del self.cache[token]
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -294,6 +298,8 @@ class JwtAuth(Plugin):
         return self.verify(ex, token, key, keys.version)
 
     def verify(self, ex, token: bytes, key: Any, version: int) -> Reply | None:
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,
