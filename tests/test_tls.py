@@ -70,7 +70,7 @@ def tls_upstream(pki):
 
 @pytest.fixture(scope="module")
 def tls_gw(upstream, tls_upstream, pki):
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     client_ca = str(pki["dir"] / "clients-ca.pem")
     default = pki["default"]
     config = base_config(upstream.url)
@@ -88,6 +88,7 @@ def tls_gw(upstream, tls_upstream, pki):
             "address": f"127.0.0.1:{ports[3]}",
             "tls": {**default, "client_ca": client_ca, "client_auth": "optional"},
         },
+        {"address": f"127.0.0.1:{ports[4]}", "tls": {**default, "min_version": "1.3"}},
     ]
     config["consumers"] = [{"name": "alice", "groups": ["staff"], "mtls": {"subject": "CN=alice"}}]
     https = tls_upstream.url
@@ -157,6 +158,11 @@ def test_old_tls_versions_are_refused(tls_gw, pki):
     old.set_ciphers("ALL:@SECLEVEL=0")
     with pytest.raises(REFUSED):
         TlsClient(tls_gw.ports[1], old)
+    # The server's floor, seen with a client that would accept it: min_version "1.3".
+    with pytest.raises(REFUSED):
+        TlsClient(tls_gw.ports[4], context)  # TLS 1.2 only
+    with TlsClient(tls_gw.ports[4], client_context(pki["server_ca"])) as modern:
+        assert modern.sock.version() == "TLSv1.3"
 
 
 def mtls_request(port: int, pki, cert_name: str | None, headers=None):

@@ -121,6 +121,9 @@ def jwt_gw(upstream, idp, tmp_path_factory):
         "scheduled": {
             "jwt-auth": {**common, "jwks_url": f"{jwks_url}?scheduled", "jwks_refresh": "1s"}
         },
+        "unreachable": {
+            "jwt-auth": {**common, "jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"}
+        },
     }
     config["routes"] = [
         {"name": name, "match": {"paths": [f"/{name}/*"]}, "upstream": "up", "plugins": p}
@@ -283,6 +286,14 @@ def test_unknown_kid_then_key_rotation_with_bounded_refreshes(jwt_gw, idp):
     wait_for(lambda: get(jwt_gw, "/jwks/x", rotated).status == 200, timeout=10, what="rotation")
     old = rs256(idp)  # r1 is gone from the set: its tokens fail now (its cache was dropped)
     assert get(jwt_gw, "/jwks/x", old).status == 401
+
+
+def test_unreachable_jwks_is_503_and_logged(jwt_gw, idp):
+    response = get(jwt_gw, "/unreachable/x", rs256(idp))
+    assert response.status == 503
+    assert response.json()["error"] == "the identity provider's keys are unavailable"
+    assert get(jwt_gw, "/unreachable/x").status == 401  # no token: still a plain 401
+    jwt_gw.wait_log(r"JWKS http://127\.0\.0\.1:\d+/jwks\.json: .*keeping 0 key")
 
 
 def test_jwks_is_refreshed_on_a_schedule(jwt_gw, idp):
