@@ -41,6 +41,7 @@ def test_plugin_mistakes_all_at_once(tmp_path):
                     "/f",
                 ),
                 route({"key-auth": {"hide_credential": True}}, "/g"),
+                route({"key-auth": {"header": "X-Forwarded-For"}}, "/i"),
                 route(
                     {"jwt-auth": {"secret": "s", "algorithms": ["HS256"], "token_from": ["body"]}},
                     "/h",
@@ -68,8 +69,10 @@ def test_plugin_mistakes_all_at_once(tmp_path):
             "routes[5].plugins.key-auth.enabled: expected true or false, got 'no'",
             "routes[6].plugins.key-auth.hide_credential: unknown key (expected one of: header, "
             "query, hide_credentials)",
-            "routes[7].plugins.jwt-auth.token_from[0]: expected 'header', 'header:NAME', "
+            "routes[8].plugins.jwt-auth.token_from[0]: expected 'header', 'header:NAME', "
             "'cookie:NAME' or 'query:NAME', got 'body'",
+            "routes[7].plugins.key-auth.header: 'X-Forwarded-For' is handled by the gateway "
+            "itself; choose another header",
         ]
     )
 

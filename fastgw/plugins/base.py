@@ -8,12 +8,14 @@ so a hook a plugin does not define costs nothing. See docs/plugins.md.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..config.fields import Errors
+from ..config.fields import Errors, describe
+from ..http.headers import REQUEST_KINDS
 
 if TYPE_CHECKING:
     from .consumers import ConsumerIndex
@@ -143,3 +145,17 @@ UNSAFE = frozenset(range(32)) - {9} | {127}
 
 # Header kinds at or above this are headers some plugin reads (they are also forwarded).
 FIRST_WATCHED = 100
+
+
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def readable_header(value: Any, path: str, errors: Errors) -> Any:
+    """A header name a plugin may read: not one the gateway itself consumes or replaces."""
+    if not isinstance(value, str) or not _FIELD_NAME.fullmatch(value):
+        return errors.add(path, f"expected a header name, got {describe(value)}")
+    if value.lower().encode() in REQUEST_KINDS:
+        return errors.add(
+            path, f"'{value}' is handled by the gateway itself; choose another header"
+        )
+    return value

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.fields import (
+    INVALID,
     Errors,
     Parser,
     boolean,
@@ -29,7 +30,7 @@ from ..config.fields import (
     string,
 )
 from ..tls import client_context
-from .base import UNSAFE, Build, CheckContext, Phase, Plugin, Reply
+from .base import UNSAFE, Build, CheckContext, Phase, Plugin, Reply, readable_header
 from .jwks import KeySet, RemoteKeySet, parse_jwks
 
 HMAC = ("HS256", "HS384", "HS512")
@@ -97,10 +98,11 @@ jwks_file = file_contents(checked_jwks)
 def token_source(value: Any, path: str, errors: Errors) -> Any:
     if isinstance(value, str):
         kind, _, name = value.partition(":")
-        if (kind == "header" and (not name or name.strip())) or (
-            kind in ("cookie", "query") and name.strip()
-        ):
-            return (kind, name.strip())
+        name = name.strip()
+        if kind == "header" and name:
+            return INVALID if readable_header(name, path, errors) is INVALID else (kind, name)
+        if kind == "header" or (kind in ("cookie", "query") and name):
+            return (kind, name)
     return errors.add(
         path,
         f"expected 'header', 'header:NAME', 'cookie:NAME' or 'query:NAME', got {describe(value)}",

@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from ..config.fields import boolean, optional, spec, string
-from .base import Build, Phase, Plugin, Reply
-
-_FIELD = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+from .base import Build, Phase, Plugin, Reply, readable_header
 
 
 @dataclass(frozen=True)
 class KeyAuthConfig:
-    header: str | None = spec(optional(string(pattern=_FIELD, hint="a header name")), "apikey")
+    header: str | None = spec(optional(readable_header), "apikey")
     query: str | None = spec(
         optional(string(pattern=r"[^&=#\s]+", hint="a query parameter name")), "apikey"
     )
