@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -173,6 +174,24 @@ def run(count: int, routes: int, plugin: str | None = None) -> float:
     return best
 
 
+def paced(count: int, gap: float) -> tuple[float, float]:
+    """Median and p99 microseconds of one request when each follows `gap` seconds of sleep:
+    the same work as `run`, measured the way a lightly loaded gateway meets it."""
+    client, upstream = setup(10)
+    for _ in range(2000):  # warm up, as `run` does with its first rounds
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+    times = []
+    for _ in range(count):
+        time.sleep(gap)
+        started = time.perf_counter()
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+        times.append((time.perf_counter() - started) * 1e6)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,7 +203,17 @@ def main() -> None:
         choices=PLUGINS,
         help="a global plugin; every request then carries an API key and an RS256 JWT",
     )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds of sleep before each request (e.g. 0.005): median and p99 per request",
+    )
     args = parser.parse_args()
+    if args.gap:
+        median, p99 = paced(min(args.count, 1000), args.gap)
+        print(f"after {args.gap * 1000:g} ms idle: median {median:.1f} us, p99 {p99:.1f} us")
+        return
     micros = run(args.count, args.routes, args.plugin)
     print(
         f"{micros:.2f} us of Python per proxied request ({args.routes} routes"
