@@ -40,6 +40,7 @@ class CompiledRoute:
     __slots__ = (
         "access",
         "group",
+        "hooked",
         "local",
         "log",
         "name",
@@ -66,6 +67,7 @@ class CompiledRoute:
         self.access = chain.access
         self.response = chain.response
         self.log = chain.log
+        self.hooked = bool(chain.access or chain.response or chain.log)
 
 
 BASE_HEADER_KINDS = by_sent_name(REQUEST_KINDS)
@@ -119,7 +121,7 @@ def compile_runtime(config: Config, registry: Registry, services: Services) -> R
     registry.retain(used)
     watched: dict[bytes, int] = {}
     consumers = ConsumerIndex(config.consumers)
-    build = Build(consumers, services, config.server, watched)
+    build = Build(consumers, services, watched)
     chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(

@@ -126,7 +126,7 @@ class TlsListener:
 
     def __init__(self, tls: ListenerTls) -> None:
         self.current = ServerTls(tls)
-        self.context = server_context(tls.pairs()[0], tls)
+        self.context = self.current.default  # where every handshake starts
         self.context.sni_callback = self._select
 
     def _select(self, ssl_object: Any, server_name: str | None, _context: Any) -> None:

@@ -90,9 +90,7 @@ def validate(document: Any, source: str = "config") -> Config:
     routes = _parse_routes(document.get("routes"), errors)
     _check_references(document.get("upstreams"), routes, errors)
     _check_ties(routes, errors)
-    check_entries(
-        global_plugins if global_plugins is not INVALID else {}, routes, consumers, errors
-    )
+    check_entries(global_plugins if global_plugins is not INVALID else {}, routes, errors)
     if errors:
         raise ConfigError(source, errors.items)
     assert isinstance(server, Server)

@@ -292,7 +292,7 @@ class Exchange:
         self.route = route
         self.depth = found.prefix_depth if route.strip_prefix else -1
         certified = self.client.peer_subjects
-        if route.access or route.response or route.log or certified is not None:
+        if route.hooked or certified is not None:
             self.consumer = self.subject = self.scopes = self.ctx = None
             self.address = _UNSET
             self.status = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.fields import Errors, list_of, spec, string
-from .base import Build, CheckContext, Phase, Plugin, Reply
+from .base import Build, Phase, Plugin, Reply
 from .consumers import NAME_PATTERN
 
 
@@ -25,7 +25,7 @@ class Acl(Plugin):
     Config = AclConfig
 
     @classmethod
-    def check(cls, config: AclConfig, path: str, errors: Errors, context: CheckContext) -> None:
+    def check(cls, config: AclConfig, path: str, errors: Errors) -> None:
         if not config.allow_groups and not config.deny_groups:
             errors.add(path, "expected allow_groups or deny_groups (or both)")
 

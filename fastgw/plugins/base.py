@@ -99,36 +99,26 @@ class Plugin:
     phase: ClassVar[Phase] = Phase.TRANSFORMATION
     priority: ClassVar[int] = 0  # higher runs earlier within a phase
     Config: ClassVar[type] = NoConfig
-    authenticates: ClassVar[bool] = False  # sets the consumer or subject of a request
 
     def __init__(self, config: Any, build: Build) -> None:
         self.config = config
 
     @classmethod
-    def check(cls, config: Any, path: str, errors: Errors, context: CheckContext) -> None:
-        """Checks across fields or against the rest of the config (at load, in the master)."""
+    def check(cls, config: Any, path: str, errors: Errors) -> None:
+        """Checks across fields (at load, in the master); report with `errors.add(path, ...)`."""
 
     def close(self) -> None:
         """The runtime that built this plugin was replaced: stop background work."""
-
-
-@dataclass(frozen=True)
-class CheckContext:
-    """What a plugin's `check` may look at besides its own config."""
-
-    consumers: tuple[Any, ...]
-    route_plugins: frozenset[str]  # names of all plugins active on the same route
 
 
 class Build:
     """What a plugin's `__init__` gets: the consumers, header watching, worker services."""
 
     def __init__(
-        self, consumers: ConsumerIndex, services: Services, server: Any, watched: dict[bytes, int]
+        self, consumers: ConsumerIndex, services: Services, watched: dict[bytes, int]
     ) -> None:
         self.consumers = consumers
         self.services = services
-        self.server = server
         self.watched = watched
 
     def watch(self, name: str | bytes) -> int:

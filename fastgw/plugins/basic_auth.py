@@ -32,7 +32,6 @@ class BasicAuth(Plugin):
     name = "basic-auth"
     phase = Phase.AUTHENTICATION
     Config = BasicAuthConfig
-    authenticates = True
 
     def __init__(self, config: BasicAuthConfig, build: Build) -> None:
         super().__init__(config, build)

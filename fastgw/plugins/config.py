@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.fields import INVALID, Errors, boolean, describe, join, record
-from .base import CheckContext
 from .registry import PLUGINS
 
 NAME_PATTERN = "a kebab-case plugin name"
@@ -80,32 +79,22 @@ def effective(
 
 
 def check_entries(
-    global_entries: dict[str, PluginEntry],
-    routes: list[Any],
-    consumers: tuple[Any, ...],
-    errors: Errors,
+    global_entries: dict[str, PluginEntry], routes: list[Any], errors: Errors
 ) -> None:
-    """Each plugin's own checks (cross-field, against consumers), once per written entry."""
-    checked: set[str] = set()
+    """Each plugin's own cross-field checks, once per written entry (and once for the
+    defaults of a route's `{enabled: true}` that has no global entry to inherit)."""
+    entries = list(global_entries.values())
     for route in routes:
-        if route is INVALID:
+        if route is not INVALID:
+            entries += effective(global_entries, route.plugins)
+    checked: set[str] = set()
+    for entry in entries:
+        if entry.path in checked or (not entry.enabled and entry.config is None):
             continue
-        active = effective(global_entries, route.plugins)
-        names = frozenset(entry.name for entry in active)
-        for entry in active:
-            if entry.path in checked:
-                continue
-            checked.add(entry.path)
-            config = entry.config if entry.config is not None else default_config(entry, errors)
-            if config is not INVALID:
-                PLUGINS[entry.name].check(
-                    config, entry.path, errors, CheckContext(consumers, names)
-                )
-    for entry in global_entries.values():
-        if entry.path not in checked and entry.config is not None:
-            PLUGINS[entry.name].check(
-                entry.config, entry.path, errors, CheckContext(consumers, frozenset(global_entries))
-            )
+        checked.add(entry.path)
+        config = entry.config if entry.config is not None else default_config(entry, errors)
+        if config is not INVALID:
+            PLUGINS[entry.name].check(config, entry.path, errors)
 
 
 def default_config(entry: PluginEntry, errors: Errors) -> Any:

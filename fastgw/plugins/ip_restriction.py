@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..config.fields import Errors, list_of, spec
 from ..http.addresses import Network, Networks, network
-from .base import Build, CheckContext, Phase, Plugin, Reply
+from .base import Build, Phase, Plugin, Reply
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,7 @@ class IpRestriction(Plugin):
     Config = IpRestrictionConfig
 
     @classmethod
-    def check(
-        cls, config: IpRestrictionConfig, path: str, errors: Errors, context: CheckContext
-    ) -> None:
+    def check(cls, config: IpRestrictionConfig, path: str, errors: Errors) -> None:
         if not config.allow and not config.deny:
             errors.add(path, "expected allow or deny networks (or both)")
 

@@ -30,7 +30,7 @@ from ..config.fields import (
     string,
 )
 from ..tls import client_context
-from .base import UNSAFE, Build, CheckContext, Phase, Plugin, Reply, readable_header
+from .base import UNSAFE, Build, Phase, Plugin, Reply, readable_header
 from .jwks import KeySet, RemoteKeySet, parse_jwks
 
 HMAC = ("HS256", "HS384", "HS512")
@@ -152,10 +152,9 @@ class JwtAuth(Plugin):
     name = "jwt-auth"
     phase = Phase.AUTHENTICATION
     Config = JwtAuthConfig
-    authenticates = True
 
     @classmethod
-    def check(cls, config: JwtAuthConfig, path: str, errors: Errors, context: CheckContext) -> None:
+    def check(cls, config: JwtAuthConfig, path: str, errors: Errors) -> None:
         sources = [
             name
             for name in ("jwks_url", "jwks_file", "public_key_file", "secret")
@@ -184,14 +183,15 @@ class JwtAuth(Plugin):
     def __init__(self, config: JwtAuthConfig, build: Build) -> None:
         super().__init__(config, build)
         self.algorithms = list(config.algorithms)
+        # (kind, what): "bearer" and "header" carry a watched header's kind id, "cookie" and
+        # "query" the name to look for.
         self.sources = [
-            (kind, build.watch(name or "authorization") if kind == "header" else name.encode())
+            ("bearer", build.watch("authorization"))
+            if kind == "header" and not name
+            else (kind, build.watch(name) if kind == "header" else name.encode())
             for kind, name in config.token_from
         ]
         self.cookie = build.watch("cookie") if any(k == "cookie" for k, _ in self.sources) else 0
-        self.bearer = {
-            i for i, (kind, name) in enumerate(config.token_from) if kind == "header" and not name
-        }
         self.static_key: Any = None
         self.keys: KeySet | None = None
         if config.secret is not None:
@@ -234,11 +234,11 @@ class JwtAuth(Plugin):
     # -- finding the token -------------------------------------------------------------------
 
     def token(self, ex) -> bytes | None:
-        for i, (kind, name) in enumerate(self.sources):
-            if kind == "header":
+        for kind, name in self.sources:
+            if kind == "bearer":
+                value = bearer_token(ex.header(name))
+            elif kind == "header":
                 value = ex.header(name)
-                if i in self.bearer:
-                    value = bearer_token(value)
             elif kind == "cookie":
                 value = self.from_cookie(ex, name)
             else:

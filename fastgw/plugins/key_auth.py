@@ -23,7 +23,6 @@ class KeyAuth(Plugin):
     name = "key-auth"
     phase = Phase.AUTHENTICATION
     Config = KeyAuthConfig
-    authenticates = True
 
     def __init__(self, config: KeyAuthConfig, build: Build) -> None:
         super().__init__(config, build)

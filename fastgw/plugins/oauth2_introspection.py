@@ -53,7 +53,6 @@ class OAuth2Introspection(Plugin):
     name = "oauth2-introspection"
     phase = Phase.AUTHENTICATION
     Config = IntrospectionConfig
-    authenticates = True
 
     def __init__(self, config: IntrospectionConfig, build: Build) -> None:
         super().__init__(config, build)
