@@ -119,7 +119,8 @@ class MemoryTransport:
         return ("127.0.0.1", 40000) if name == "peername" else None
 
 
-def setup(routes: int, plugin: str | None = None) -> tuple[ClientProtocol, UpstreamProtocol]:
+def setup(routes: int, plugin: str | None = None, connections: int = 1) -> list[ClientProtocol]:
+    """Client connections of one worker, each with an idle upstream connection in the pool."""
     config: dict = {
         "upstreams": {"up": {"targets": [{"url": "http://127.0.0.1:9001"}]}},
         "routes": [
@@ -147,18 +148,22 @@ def setup(routes: int, plugin: str | None = None) -> tuple[ClientProtocol, Upstr
     worker.registry = Registry(loop)
     site = Site(compile_runtime(worker.loaded.config, worker.registry, Services(loop)))
     worker.sites = [site]
-    client = ClientProtocol(worker, site)
-    client.connection_made(MemoryTransport())
     endpoint = worker.registry.get(("127.0.0.1", 9001, None))
-    upstream = UpstreamProtocol(endpoint)
-    upstream.connection_made(MemoryTransport())
-    endpoint.release(upstream, loop.time())
-    return client, upstream
+    clients = []
+    for _ in range(connections):
+        client = ClientProtocol(worker, site)
+        client.connection_made(MemoryTransport())
+        clients.append(client)
+        upstream = UpstreamProtocol(endpoint)
+        upstream.connection_made(MemoryTransport())
+        endpoint.release(upstream, loop.time())
+    return clients
 
 
 def run(count: int, routes: int, plugin: str | None = None) -> float:
     """Microseconds per request, best of 5 rounds."""
-    client, upstream = setup(routes, plugin)
+    (client,) = setup(routes, plugin)
+    upstream = client.worker.registry.get(("127.0.0.1", 9001, None)).idle[0]
     client_data = client.data_received
     upstream_data = upstream.data_received
     request = REQUEST if plugin is None else with_credentials(REQUEST)
@@ -174,20 +179,29 @@ def run(count: int, routes: int, plugin: str | None = None) -> float:
     return best
 
 
-def paced(count: int, gap: float) -> tuple[float, float]:
-    """Median and p99 microseconds of one request when each follows `gap` seconds of sleep:
-    the same work as `run`, measured the way a lightly loaded gateway meets it."""
-    client, upstream = setup(10)
-    for _ in range(2000):  # warm up, as `run` does with its first rounds
-        client.data_received(REQUEST)
-        upstream.data_received(RESPONSE)
+def paced(count: int, gap: float, burst: int) -> tuple[float, float]:
+    """Median and p99 microseconds of a burst of `burst` requests, one per connection, after
+    `gap` seconds of sleep: the shape of the `latency` scenario's load (h2load starts every
+    connection's pacing timer at once, so requests arrive together), met the way a lightly
+    loaded gateway meets it. All request halves run first, then all responses, as when the
+    requests arrive before the worker wakes."""
+    clients = setup(10, connections=burst)
+
+    def one_burst() -> None:
+        for client in clients:
+            client.data_received(REQUEST)
+        for client in clients:
+            client.current.conn.data_received(RESPONSE)
+
+    for _ in range(2000 // burst):  # warm up, as `run` does with its first rounds
+        one_burst()
     times = []
     for _ in range(count):
         time.sleep(gap)
         started = time.perf_counter()
-        client.data_received(REQUEST)
-        upstream.data_received(RESPONSE)
+        one_burst()
         times.append((time.perf_counter() - started) * 1e6)
+    assert all(client.current is None for client in clients), "an exchange did not finish"
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.99)]
 
@@ -207,12 +221,21 @@ def main() -> None:
         "--gap",
         type=float,
         default=0.0,
-        help="seconds of sleep before each request (e.g. 0.005): median and p99 per request",
+        help="seconds of sleep before each burst (e.g. 0.005): median and p99 per burst",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="with --gap: requests per burst, each on its own connection (default 1)",
     )
     args = parser.parse_args()
     if args.gap:
-        median, p99 = paced(min(args.count, 1000), args.gap)
-        print(f"after {args.gap * 1000:g} ms idle: median {median:.1f} us, p99 {p99:.1f} us")
+        median, p99 = paced(min(args.count, 1000), args.gap, args.burst)
+        print(
+            f"{args.burst} request(s) after {args.gap * 1000:g} ms idle: "
+            f"median {median:.1f} us, p99 {p99:.1f} us"
+        )
         return
     micros = run(args.count, args.routes, args.plugin)
     print(
