@@ -184,6 +184,29 @@ http {{
         )
 
 
+class Minimal(Service):
+    """The yardstick (bench/minimal.py): a feature-less uvloop + httptools proxy."""
+
+    name = "minimal"
+
+    def __init__(self, workdir: Path, upstream_port: int, cpu: str | None = None) -> None:
+        port = free_port()
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "bench.minimal",
+                "--port",
+                str(port),
+                "--upstream",
+                str(upstream_port),
+            ],
+            port,
+            cpu,
+            workdir / f"minimal-{port}.log",
+        )
+
+
 def nginx_available() -> bool:
     return shutil.which("nginx") is not None
 

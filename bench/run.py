@@ -31,6 +31,7 @@ from .procs import (
     ROOT,
     BenchUpstream,
     FastGW,
+    Minimal,
     Nginx,
     cpu_seconds,
     nginx_available,
@@ -60,6 +61,7 @@ class Run:
     pin: bool
     use_tools: bool
     smoke: bool
+    minimal: bool = False
     notes: list[str] = field(default_factory=list)
     results: dict[str, dict] = field(default_factory=dict)
 
@@ -120,12 +122,15 @@ def measure(run: Run, name: str, pids: list[int], port: int, path: str = "/bench
     return result
 
 
-def proxies(run: Run, upstream_port: int, with_nginx: bool = True) -> list:
+def proxies(run: Run, upstream_port: int, with_nginx: bool = True, yardstick: bool = False) -> list:
+    """fastgw, nginx when installed, and with --minimal the yardstick where asked."""
     started = [FastGW(run.workdir, upstream_port, cpu=run.proxy_cpu)]
     if with_nginx and nginx_available():
         started.append(Nginx(run.workdir, upstream_port, cpu=run.proxy_cpu))
     elif with_nginx:
         run.note("nginx not installed: no reference column")
+    if yardstick and run.minimal:
+        started.append(Minimal(run.workdir, upstream_port, cpu=run.proxy_cpu))
     return started
 
 
@@ -193,7 +198,7 @@ def throughput(
     run: Run, name: str, size: str, connections: int = 64, method: str = "GET", body_size: int = 0
 ) -> dict:
     upstream = BenchUpstream(run.workdir, size, cpu=run.load_cpu)
-    started = proxies(run, upstream.port)
+    started = proxies(run, upstream.port, yardstick=True)
     try:
         targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
         rounds = interleaved(
@@ -288,7 +293,7 @@ def scenario_workers(run: Run) -> dict:
 def scenario_latency(run: Run) -> dict:
     rate, seconds = (200, 2.0) if run.smoke else (2000, 10.0)
     upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
-    started = proxies(run, upstream.port)
+    started = proxies(run, upstream.port, yardstick=True)
     try:
         targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
         rounds = interleaved(
@@ -521,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="a quick run: short, one repetition, small sizes"
     )
+    parser.add_argument(
+        "--minimal",
+        action="store_true",
+        help="also run bench/minimal.py, a feature-less uvloop + httptools proxy (the yardstick)",
+    )
     args = parser.parse_args(argv)
     names = SCENARIOS if "all" in args.scenarios else args.scenarios
     cores = len(os.sched_getaffinity(0))
@@ -536,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             pin,
             not args.builtin,
             args.smoke,
+            args.minimal,
         )
         info = machine()
         print(

@@ -67,6 +67,14 @@ def test_bench_builtin_flag_uses_the_builtin_generator(tmp_path):
     assert any("built-in" in note for note in data["notes"])
 
 
+def test_bench_minimal_adds_the_yardstick_proxy(tmp_path):
+    _, data = bench(tmp_path, "small", "latency", "--minimal", "--builtin")
+    for scenario in ("small", "latency"):
+        minimal = data["results"][scenario]["summary"]["minimal"]
+        assert minimal["requests"] > 100 and minimal["errors"] == 0
+    assert data["results"]["latency"]["summary"]["minimal"]["added_p50_ms"] is not None
+
+
 def test_bench_upstream_rejects_bad_arguments_clearly():
     result = subprocess.run(
         [sys.executable, "-m", "bench.upstream", "--size", "lots"],
