@@ -297,7 +297,7 @@ def scenario_latency(run: Run) -> dict:
     try:
         targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
         rounds = interleaved(
-            run, targets, run.reps or 1, connections=16, duration=seconds, rps=rate
+            run, targets, run.reps or 3, connections=16, duration=seconds, rps=rate
         )
     finally:
         for service in (*started, upstream):
@@ -514,9 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="+", choices=[*SCENARIOS, "all"])
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run")
-    parser.add_argument(
-        "--reps", type=int, help="repetitions (default: 3 for throughput, 1 for latency)"
-    )
+    parser.add_argument("--reps", type=int, help="repetitions (default: 3; 5 for routes10k)")
     parser.add_argument(
         "--pin", action="store_true", help="proxy alone on CPU 0, load and upstream on CPU 1"
     )
