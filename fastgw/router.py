@@ -11,6 +11,7 @@ Lookup cost depends on the number of path segments, not on the number of routes.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 # A `*` wildcard child and a `{param}` child sit beside the static children of a node.
@@ -202,17 +203,33 @@ class Router:
         self, method: bytes, host: bytes, path: bytes, headers: list[tuple[bytes, bytes]]
     ) -> Candidate | Allow | None:
         """The most specific candidate for the request, `Allow` for 405, or None for 404."""
-        refused: set[bytes] | None = None
+        refused: list[frozenset[bytes]] = []  # methods of candidates that wanted another one
         group = self.exact.get(path)
         if group is not None:
-            found, refused = _pick(group, method, host, headers, refused)
+            found = _pick(group, method, host, headers, refused)
             if found is not None:
                 return found
-        # PERF: the tree walk and its split only run when no exact path matched.
-        found, refused = _walk(self.root, path.split(b"/"), 1, method, host, headers, refused)
+        segments = path.split(b"/")
+        # PERF: most requests follow one branch of the tree to a leaf: that branch is tried
+        # without recursion; the depth-first walk (which backtracks into `{param}` children
+        # and wildcards) runs only when it finds nothing.
+        node = self.root
+        for segment in islice(segments, 1, None):
+            child = node.static.get(segment)
+            if child is None:
+                child = node.param if segment else None
+                if child is None:
+                    break
+            node = child
+        else:
+            if node.leaf is not None:
+                found = _pick(node.leaf, method, host, headers, refused)
+                if found is not None:
+                    return found
+        found = _walk(self.root, segments, 1, method, host, headers, refused)
         if found is not None:
             return found
-        return Allow(refused) if refused else None
+        return Allow(set().union(*refused)) if refused else None
 
     def describe(self) -> list[tuple[str, str, str, str]]:
         """(pattern, methods, hosts, route index) rows for `fastgw routes`, most specific first."""
@@ -244,17 +261,17 @@ def _pick(
     method: bytes,
     host: bytes,
     headers: list[tuple[bytes, bytes]],
-    refused: set[bytes] | None,
-) -> tuple[Candidate | None, set[bytes] | None]:
+    refused: list[frozenset[bytes]],
+) -> Candidate | None:
     """The first candidate of a group that accepts the request; else add the methods that
     would have been accepted to `refused` (for the 405's `Allow`)."""
     for c in group:
         if c.has_constraints and not c.accepts(host, headers):
             continue
         if c.methods is None or method in c.methods:
-            return c, refused
-        refused = c.methods | refused if refused else set(c.methods)
-    return None, refused
+            return c
+        refused.append(c.methods)
+    return None
 
 
 def _walk(
@@ -264,28 +281,28 @@ def _walk(
     method: bytes,
     host: bytes,
     headers: list[tuple[bytes, bytes]],
-    refused: set[bytes] | None,
-) -> tuple[Candidate | None, set[bytes] | None]:
+    refused: list[frozenset[bytes]],
+) -> Candidate | None:
     """Depth first: the static child, then the parameter child, then this node's wildcard."""
     if i == len(segments):
         if node.leaf is not None:
-            found, refused = _pick(node.leaf, method, host, headers, refused)
+            found = _pick(node.leaf, method, host, headers, refused)
             if found is not None:
-                return found, refused
+                return found
     else:
         segment = segments[i]
         child = node.static.get(segment)
         if child is not None:
-            found, refused = _walk(child, segments, i + 1, method, host, headers, refused)
+            found = _walk(child, segments, i + 1, method, host, headers, refused)
             if found is not None:
-                return found, refused
+                return found
         if node.param is not None and segment:
-            found, refused = _walk(node.param, segments, i + 1, method, host, headers, refused)
+            found = _walk(node.param, segments, i + 1, method, host, headers, refused)
             if found is not None:
-                return found, refused
+                return found
     if node.wild is not None:
         return _pick(node.wild, method, host, headers, refused)
-    return None, refused
+    return None
 
 
 def strip_prefix(path: bytes, depth: int) -> bytes:

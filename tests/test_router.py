@@ -1,6 +1,8 @@
 """Router: most specific wins, 405 versus 404, hosts, headers, strip_prefix, scale."""
 
-from fastgw.router import Allow, Router, host_name, strip_prefix
+import random
+
+from fastgw.router import Allow, Router, _walk, host_name, strip_prefix
 
 
 def build(*specs):
@@ -43,6 +45,40 @@ def test_backtracks_from_a_dead_end_param_branch():
     assert route(router, b"/a/q/c") == "r0"
     assert route(router, b"/a/b/c") == "r1"
     assert route(router, b"/a/q/d") == "r2"
+
+
+def test_the_direct_descent_agrees_with_the_depth_first_walk():
+    # match() first follows one branch without recursion; on random trees, with methods that
+    # make leaves refuse, it must give what the plain depth-first walk gives.
+    rng = random.Random(7)
+    words = ["a", "b", "c", "{p}"]
+    for _ in range(300):
+        specs, seen = [], set()
+        for _ in range(rng.randint(1, 8)):
+            path = "/" + "/".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+            path += rng.choice(["", "", "/*"])
+            if "{" not in path and not path.endswith("*"):
+                path += "/{q}"  # exact paths take the dict, not the tree
+            methods = rng.choice([None, ("GET",), ("POST",)])
+            if path not in seen:
+                seen.add(path)
+                specs.append((path, {"methods": methods}))
+        router = Router()
+        for i, (path, opts) in enumerate(specs):
+            router.add(f"r{i}", i, path, opts["methods"], None, None)
+        router.finish()  # ties (same shape, other parameter names) are fine here
+        for _ in range(20):
+            path = "/" + "/".join(rng.choice("abcd") for _ in range(rng.randint(1, 4)))
+            for method in (b"GET", b"POST"):
+                refused = []
+                segments = path.encode().split(b"/")
+                expected = _walk(router.root, segments, 1, method, b"h", [], refused)
+                found = router.match(method, b"h", path.encode(), [])
+                if expected is None:
+                    assert found is None or isinstance(found, Allow), (specs, path)
+                    assert (found is None) == (not refused), (specs, path)
+                else:
+                    assert found is expected, (specs, path, method)
 
 
 def test_methods_give_405_with_allow_unless_another_route_accepts():

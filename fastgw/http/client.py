@@ -238,27 +238,27 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- parser callbacks ------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        # A request is served by the runtime live when it began, even if a reload follows.
-        self.runtime = runtime = self.site.runtime
-        self.kinds = runtime.header_kinds
-        self.url = b""
-        self.fwd = []
-        self.special = []
-        self.in_head = True
-
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        # PERF: no on_message_begin callback; a request begins with the first piece of its URL.
+        if self.in_head:
+            self.url += url  # the request line arrived over several reads
+        else:
+            # A request is served by the runtime live when it began, even if a reload follows.
+            self.runtime = runtime = self.site.runtime
+            self.kinds = runtime.header_kinds
+            self.url = url
+            self.fwd = []
+            self.special = []
+            self.in_head = True
         if len(self.url) > self.max_line:
             raise Reject(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.parsing is None:
             # PERF: each field is sorted once, here: forwarded as it is, or kept for the gateway.
-            kinds = self.kinds
-            kind = kinds.get(name, UNLISTED)
-            if kind == UNLISTED:
-                kind = kinds.get(name.lower())
+            kind = self.kinds.get(name, UNLISTED)
+            if kind is UNLISTED:
+                kind = self.kinds.get(name.lower())
             if kind is None:
                 self.fwd += (name, b": ", value, b"\r\n")
             else:

@@ -71,7 +71,6 @@ class Exchange:
         "ctx",
         "depth",
         "discard",
-        "endpoint",
         "error",
         "expect",
         "fwd",
@@ -119,7 +118,6 @@ class Exchange:
         self.error: tuple[int, str] | None = None
         self.state = WAITING
         self.conn: UpstreamProtocol | None = None
-        self.endpoint: Endpoint | None = None
         self.route: Any = None
         self.depth = -1
         self.tried: list[Endpoint] | None = None
@@ -164,67 +162,55 @@ class Exchange:
 
     def headers_from(self, special: list[tuple[int, bytes, bytes]], keep_alive: bool) -> None:
         """Read the fields the gateway handles itself (the client sorted them while parsing)."""
-        host = xff = request_id = None
-        connection_field = False
-        content_length = -1
-        chunked = expect = False
-        upgrade = None
+        self.host = self.xff = self.request_id = self.upgrade = None
+        self.content_length = -1
+        self.chunked = self.expect = connection_field = False
         named: set[bytes] | None = None
         for kind, _name, value in special:
             if kind == K_HOST:
-                if host is not None:
+                if self.host is not None:
                     self.refuse(400, "more than one Host header")
-                host = value
+                self.host = value
             elif kind == K_CONTENT_LENGTH:
-                content_length = int(value)  # llhttp has checked the digits and duplicates
+                self.content_length = int(value)  # llhttp has checked the digits and duplicates
             elif kind == K_XFF:
-                xff = value if xff is None else xff + b", " + value
+                self.xff = value if self.xff is None else self.xff + b", " + value
             elif kind == K_REQUEST_ID:
                 if 0 < len(value) <= REQUEST_ID_MAX:
-                    request_id = value
+                    self.request_id = value
             elif kind == K_TE:
                 if value.strip().lower() != b"chunked":
                     self.refuse(400, "unsupported Transfer-Encoding")
-                chunked = True
+                self.chunked = True
             elif kind == K_CONNECTION:
                 connection_field = True
                 extra = connection_tokens(value) - CONNECTION_OPTIONS
                 if extra:
                     named = extra if named is None else named | extra
             elif kind == K_UPGRADE:
-                upgrade = value
+                # Only websocket is tunnelled; other upgrades (h2c...) are dropped, HTTP goes on.
+                if value.lower() == b"websocket" and self.client.parser.should_upgrade():
+                    self.upgrade = value
             elif kind == K_EXPECT:
-                expect = value.lower() == b"100-continue"
+                self.expect = value.lower() == b"100-continue"
             # K_DROP: hop-by-hop or replaced by the gateway
         if named:
             self.fwd = drop_named(self.fwd, named)
         # PERF: get_http_version() formats a string. A keep-alive request with no Connection
         # field can only be HTTP/1.1 (1.0 needs `Connection: keep-alive`), so most skip it.
-        parser = self.client.parser
-        self.http11 = (keep_alive and not connection_field) or parser.get_http_version() == "1.1"
-        self.host = host
-        self.xff = xff
-        self.request_id = request_id
-        self.content_length = content_length
-        self.chunked = chunked
-        self.expect = expect and self.http11
-        # Only websocket is tunnelled; other upgrades (h2c...) are dropped and HTTP goes on.
-        self.upgrade = (
-            upgrade
-            if upgrade is not None and upgrade.lower() == b"websocket" and parser.should_upgrade()
-            else None
-        )
-        if host is None and self.http11:
-            self.refuse(400, "missing Host header")
+        if (keep_alive and not connection_field) or self.client.parser.get_http_version() == "1.1":
+            self.http11 = True
+            if self.host is None:
+                self.refuse(400, "missing Host header")
+        else:
+            self.http11 = self.expect = False
 
     def target_from(self, url: bytes) -> None:
         """Split the request target into path and query; normalise dot segments and slashes."""
-        query = None
         if url[:1] == b"/":
-            mark = url.find(b"?")
-            path = url if mark < 0 else url[:mark]
-            if mark >= 0:
-                query = url[mark + 1 :]
+            path, mark, query = url.partition(b"?")
+            if not mark:
+                query = None
         elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             try:
                 parsed = parse_url(url)
@@ -488,7 +474,6 @@ class Exchange:
         return b"".join(parts)
 
     def dispatch(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
         conn = endpoint.acquire()
         if conn is not None:
             self.attach(conn)

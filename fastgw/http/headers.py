@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # RFC 9110 §7.6.1 hop-by-hop fields (connection, keep-alive, proxy-connection, te,
 # transfer-encoding, upgrade) are never forwarded, nor those named in `Connection`; the
 # gateway sets the framing and X-Forwarded-* fields itself.
@@ -43,8 +45,9 @@ RESPONSE_KINDS: dict[bytes, int] = {
 }
 
 # PERF: field names usually arrive in one of two casings; a lookup by the name as sent skips
-# `lower()` and a fresh hash. Names not listed fall back to the lower-cased table.
-UNLISTED = -1
+# `lower()` and a fresh hash. Names not listed fall back to the lower-cased table. UNLISTED is
+# the lookup's default, compared with `is` (an `==` against None takes the slow generic path).
+UNLISTED: Any = object()
 COMMON_FIELDS = (
     b"accept",
     b"accept-encoding",

@@ -168,7 +168,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.in_head:
             # PERF: each field is sorted once, here: forwarded as it is, or looked at below.
             kind = RESPONSE_KINDS_SENT.get(name, UNLISTED)
-            if kind == UNLISTED:
+            if kind is UNLISTED:
                 kind = RESPONSE_KINDS.get(name.lower())
             if kind is None:
                 self.parts += (name, b": ", value, b"\r\n")
