@@ -137,6 +137,22 @@ def test_slowloris_gets_408_and_does_not_block_others(strict):
     assert 0.9 < elapsed < 3.0
 
 
+def test_request_stalled_inside_the_method_is_closed_at_the_deadline(strict):
+    # The head timer starts with the request target (there is no message-begin callback):
+    # a few bytes of a method then silence count as idle time and are closed silently.
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GE")
+        assert read_until_closed(sock, timeout=5) == b""
+        assert 0.9 < time.monotonic() - started < 3.0
+    with Client(strict.port) as client:  # on a reused connection, at the keep-alive deadline
+        assert client.request("GET", "/status/200").status == 200
+        started = time.monotonic()
+        client.sock.sendall(b"POS")
+        assert read_until_closed(client.sock, timeout=5) == b""
+        assert 1.4 < time.monotonic() - started < 3.5
+
+
 def test_silent_connection_is_closed_without_a_reply(strict):
     with socket.create_connection(("127.0.0.1", strict.port), timeout=5) as sock:
         started = time.monotonic()

@@ -1,6 +1,7 @@
 """End to end through a real gateway process to a real upstream process (workers: 1)."""
 
 import hashlib
+import re
 import socket
 import time
 
@@ -148,6 +149,19 @@ def test_expect_100_continue(gateway):
         gateway.port, "POST", "/e", body=b"abc", headers=[("Expect", "100-continue")]
     ).json()
     assert "expect" not in {k.lower() for k, _ in seen["headers"]}
+
+
+def test_status_lines_carry_the_standard_reason_phrase(gateway):
+    # The test upstream answers `HTTP/1.1 <code> X`; the gateway writes the standard phrase
+    # (as Envoy does) and an empty one for a code that has none, on one keep-alive connection.
+    data = raw_exchange(
+        gateway.port,
+        b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /status/299 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /status/503 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    lines = re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", data)  # each body is `status body`
+    assert lines == [b"HTTP/1.1 200 OK", b"HTTP/1.1 299 ", b"HTTP/1.1 503 Service Unavailable"]
 
 
 def test_head_204_304_have_no_body(gateway):

@@ -275,8 +275,9 @@ class ClientProtocol(asyncio.Protocol):
             if size > self.max_header:
                 raise Reject(431, "request header too large")
         self.in_head = False
-        self.head_start = None
-        self.head_raw = 0
+        if self.head_raw:  # the head came over several reads
+            self.head_start = None
+            self.head_raw = 0
         exchange = Exchange(self, self.url, self.fwd, self.special)
         self.parsing = exchange
         self.serve(exchange)

@@ -498,14 +498,17 @@ class Exchange:
             return
         self.pending = []
         self.conn.transport.writelines(pending)
-        if self.sent is not None:
-            self.sent += pending
-            self.sent_bytes += self.pending_bytes
-            if self.sent_bytes > REPLAY_LIMIT:
-                self.sent = None
-        if self.pending_bytes > BUFFER_LIMIT:
-            self.client.resume_reading_for_buffer()
-        self.pending_bytes = 0
+        sent = self.sent
+        if sent is not None:
+            sent += pending
+        if self.pending_bytes:  # body bytes went out (not only the head)
+            if sent is not None:
+                self.sent_bytes += self.pending_bytes
+                if self.sent_bytes > REPLAY_LIMIT:
+                    self.sent = None
+            if self.pending_bytes > BUFFER_LIMIT:
+                self.client.resume_reading_for_buffer()
+            self.pending_bytes = 0
 
     def request_body(self, data: bytes) -> None:
         self.body_bytes += len(data)
@@ -576,7 +579,7 @@ class Exchange:
     def response_complete(self, conn: UpstreamProtocol, reusable: bool) -> None:
         self.conn = None
         if reusable and self.body_done and not self.pending:
-            conn.endpoint.release(conn, self.client.worker.loop.time())
+            conn.endpoint.release(conn, conn.last_io)  # PERF: the loop's time, read already
         else:
             conn.transport.close()
         self.state = DONE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 # RFC 9110 §7.6.1 hop-by-hop fields (connection, keep-alive, proxy-connection, te,
@@ -86,31 +87,35 @@ CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 REQUEST_ID_MAX = 200
 
+
+def _phrase(code: int) -> bytes:
+    try:
+        return HTTPStatus(code).phrase.encode()
+    except ValueError:
+        return b""
+
+
+# RFC 9110's reason phrases where they differ from (or are missing in) Python's table.
 REASONS: dict[int, bytes] = {
-    100: b"Continue",
-    101: b"Switching Protocols",
-    200: b"OK",
-    201: b"Created",
-    204: b"No Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    304: b"Not Modified",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
+    422: b"Unprocessable Content",
 }
+
+
+class _StatusLines(dict):
+    """Status code -> status line; a code with no standard phrase gets an empty one."""
+
+    def __missing__(self, code: int) -> bytes:
+        return b"HTTP/1.1 %d \r\n" % code
+
+
+# PERF: every status line the gateway writes, made once. Responses carry the standard reason
+# phrase, not the upstream's (as Envoy does; RFC 9112 §4: clients ignore it).
+STATUS_LINES: dict[int, bytes] = _StatusLines(
+    (code, b"HTTP/1.1 %d %s\r\n" % (code, REASONS.get(code) or _phrase(code)))
+    for code in range(100, 600)
+)
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 import orjson
 
-from .headers import REASONS
+from .headers import STATUS_LINES
 
 _date_cache: list = [0, b""]
 
@@ -19,10 +19,6 @@ def http_date() -> bytes:
         _date_cache[0] = now
         _date_cache[1] = formatdate(now, usegmt=True).encode()
     return _date_cache[1]
-
-
-def status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))
 
 
 def reply(
@@ -37,7 +33,7 @@ def reply(
     head_only: bool = False,
 ) -> bytes:
     """A complete response (head and body) as one bytes object, for one write."""
-    head = [status_line(status), b"Date: ", http_date(), b"\r\nServer: fastgw\r\n"]
+    head = [STATUS_LINES[status], b"Date: ", http_date(), b"\r\nServer: fastgw\r\n"]
     if status != 204 and status != 304:  # RFC 9110 §8.6: no length (nor body) on these
         head += (b"Content-Type: ", content_type, b"\r\nContent-Length: %d\r\n" % len(body))
     if request_id:

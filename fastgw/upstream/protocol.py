@@ -28,6 +28,7 @@ from ..http.headers import (
     R_UPGRADE,
     RESPONSE_KINDS,
     RESPONSE_KINDS_SENT,
+    STATUS_LINES,
     UNLISTED,
     chunk,
     connection_tokens,
@@ -50,6 +51,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "close_delimited",
         "endpoint",
         "exchange",
+        "has_length",
         "idle_since",
         "idle_timeout",
         "in_head",
@@ -58,13 +60,9 @@ class UpstreamProtocol(asyncio.Protocol):
         "parser",
         "parts",
         "read_timeout",
-        "reason",
         "received",
         "reused",
         "special",
-        "status",
-        "status_line",
-        "status_reason",
         "timer",
         "trailers",
         "transport",
@@ -78,12 +76,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.parser = HttpResponseParser(self)
         self.exchange: Any = None
         self.parts: list[bytes] = []  # forwarded fields of the response head, as pieces
-        self.special: list[tuple[int, bytes, bytes]] = []  # (kind, name, value) to look at
-        self.status = 0  # PERF: the status line is formatted again only when it changes
-        self.status_reason = b""
-        self.status_line = b""
+        self.special: list[tuple[int, bytes, bytes]] = []  # hop-by-hop (kind, name, value)
+        self.has_length = False  # the head being parsed has a Content-Length
         self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.reason = b""
         self.reused = False
         self.received = 0
         self.in_head = True
@@ -161,8 +156,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # -- parser callbacks ----------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+    # PERF: no on_status callback: the status line is the standard one (headers.STATUS_LINES).
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
@@ -172,6 +166,9 @@ class UpstreamProtocol(asyncio.Protocol):
                 kind = RESPONSE_KINDS.get(name.lower())
             if kind is None:
                 self.parts += (name, b": ", value, b"\r\n")
+            elif kind == R_CONTENT_LENGTH:
+                self.parts += (name, b": ", value, b"\r\n")  # forwarded; it frames the body
+                self.has_length = True
             else:
                 self.special.append((kind, name, value))
         else:
@@ -182,22 +179,58 @@ class UpstreamProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         parts = self.parts
-        special = self.special
         self.parts = []
-        self.special = []
+        has_length = self.has_length
+        self.has_length = False
+        chunked = False
+        if self.special:
+            parts, chunked = self._hop_by_hop(parts)
         if status < 200 and status != 101:
             return  # an interim response (100, 103): dropped, as nginx does
         exchange = self.exchange
         exchange.response_started()
         self.in_head = False
-        no_body = exchange.is_head or status == 204 or status == 304 or status == 101
-        has_length = chunked = False
+        exchange.status = status
+        if exchange.route.response:
+            exchange.run_response_hooks(status, parts)
+        if status == 101:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+            self.body_mode = BODY_SWITCHING
+        else:
+            if exchange.is_head or status == 204 or status == 304:
+                self.body_mode = BODY_NONE
+            elif has_length:
+                self.body_mode = BODY_RAW
+            else:
+                self.close_delimited = not chunked  # else the body ends when the upstream closes
+                if exchange.http11:
+                    parts.append(b"Transfer-Encoding: chunked\r\n")
+                    self.body_mode = BODY_CHUNKED
+                else:
+                    self.body_mode = BODY_RAW
+                    exchange.close_after = True  # an HTTP/1.0 client: the body ends at close
+            if exchange.close_after:
+                parts.append(b"Connection: close\r\n")
+            elif not exchange.http11:
+                parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.out.append(STATUS_LINES[status] + b"".join(parts))
+        if exchange.is_head and status != 101:
+            # PERF: httptools cannot be told that a response answers HEAD; it would wait for a
+            # body. The response ends here and a fresh parser takes the next one.
+            reusable = self.parser.should_keep_alive()
+            self.parser = HttpResponseParser(self)
+            self._end_of_response(reusable)
+
+    def _hop_by_hop(self, parts: list[bytes]) -> tuple[list[bytes], bool]:
+        """Apply the head's hop-by-hop fields (none are forwarded): drop the fields named in
+        `Connection`, keep `Upgrade` for a 101; True when the body is chunked."""
+        special = self.special
+        self.special = []
+        chunked = False
         named: set[bytes] | None = None
-        for kind, name, value in special:
-            if kind == R_CONTENT_LENGTH:
-                has_length = True
-                parts += (name, b": ", value, b"\r\n")
-            elif kind == R_TE:
+        for kind, _name, value in special:
+            if kind == R_TE:
                 chunked = True
             elif kind == R_CONNECTION:
                 extra = connection_tokens(value) - CONNECTION_OPTIONS
@@ -205,57 +238,21 @@ class UpstreamProtocol(asyncio.Protocol):
                     named = extra if named is None else named | extra
             elif kind == R_UPGRADE:
                 self.upgrade = value
-            # anything else in RESPONSE_KINDS is hop-by-hop and not forwarded
-        if named:
-            parts = drop_named(parts, named)
-        exchange.status = status
-        if exchange.route.response:
-            exchange.run_response_hooks(status, parts)
-        close = exchange.close_after
-        if status == 101:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
-            self.body_mode = BODY_SWITCHING
-        elif no_body or has_length:
-            self.body_mode = BODY_NONE if no_body else BODY_RAW
-        elif exchange.http11:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            self.body_mode = BODY_CHUNKED
-        else:
-            self.body_mode = BODY_RAW
-            close = exchange.close_after = True  # an HTTP/1.0 client: the body ends at close
-        self.close_delimited = not (no_body or has_length or chunked)
-        if status == 101:
-            pass
-        elif close:
-            parts.append(b"Connection: close\r\n")
-        elif not exchange.http11:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        if status != self.status or self.reason != self.status_reason:
-            self.status = status
-            self.status_reason = self.reason
-            self.status_line = b"HTTP/1.1 %d %s\r\n" % (status, self.reason)
-        self.out.append(self.status_line + b"".join(parts))
-        if exchange.is_head and status != 101:
-            # PERF: httptools cannot be told that a response answers HEAD; it would wait for a
-            # body. The response ends here and a fresh parser takes the next one.
-            reusable = self.parser.should_keep_alive()
-            self.parser = HttpResponseParser(self)
-            self._end_of_response(reusable=reusable)
+        return (drop_named(parts, named) if named else parts), chunked
 
     def on_body(self, data: bytes) -> None:
         if self.exchange is None:
             self.transport.close()  # a body after a HEAD response: out of sync
             return
-        if self.body_mode == BODY_CHUNKED:
-            self.out += chunk(data)
-        elif self.body_mode == BODY_RAW:
+        if self.body_mode == BODY_RAW:
             self.out.append(data)
+        elif self.body_mode == BODY_CHUNKED:
+            self.out += chunk(data)
 
     def on_message_complete(self) -> None:
         if self.exchange is None or self.in_head or self.body_mode == BODY_SWITCHING:
             return  # an interim response, after HEAD, or a 101 whose tunnel starts next
-        self._end_of_response(reusable=self.parser.should_keep_alive())
+        self._end_of_response(self.parser.should_keep_alive())
 
     def _end_of_response(self, reusable: bool) -> None:
         if self.body_mode == BODY_CHUNKED:
