@@ -11,7 +11,6 @@ Lookup cost depends on the number of path segments, not on the number of routes.
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
 # A `*` wildcard child and a `{param}` child sit beside the static children of a node.
@@ -214,7 +213,7 @@ class Router:
         # without recursion; the depth-first walk (which backtracks into `{param}` children
         # and wildcards) runs only when it finds nothing.
         node = self.root
-        for segment in islice(segments, 1, None):
+        for segment in segments[1:]:
             child = node.static.get(segment)
             if child is None:
                 child = node.param if segment else None

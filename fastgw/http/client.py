@@ -19,7 +19,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from ..plugins.base import FIRST_WATCHED
 from ..tls import peer_subjects
 from .exchange import Exchange
-from .headers import UNLISTED
+from .headers import K_HOST, UNLISTED
 from .replies import error_body, reply
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class ClientProtocol(asyncio.Protocol):
         "head_raw",
         "head_start",
         "header_timeout",
+        "host",
         "idle_limit",
         "idle_since",
         "in_feed",
@@ -83,6 +84,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: Any = None
         self.parser: Any = HttpRequestParser(self)
         self.url = b""
+        self.host: bytes | None = None  # the request's Host field
         self.fwd: list[bytes] = []  # forwarded fields, as `name: value\r\n` pieces
         self.special: list[tuple[int, bytes, bytes]] = []  # (kind, name, value) for the gateway
         self.head_raw = 0
@@ -247,6 +249,7 @@ class ClientProtocol(asyncio.Protocol):
             self.runtime = runtime = self.site.runtime
             self.kinds = runtime.header_kinds
             self.url = url
+            self.host = None
             self.fwd = []
             self.special = []
             self.in_head = True
@@ -261,6 +264,8 @@ class ClientProtocol(asyncio.Protocol):
                 kind = self.kinds.get(name.lower())
             if kind is None:
                 self.fwd += (name, b": ", value, b"\r\n")
+            elif kind == K_HOST and self.host is None:
+                self.host = value  # PERF: the one field nearly every request has, kept apart
             else:
                 self.special.append((kind, name, value))
                 if kind >= FIRST_WATCHED:  # read by a plugin, and forwarded
@@ -270,7 +275,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self.measure_head:
-            size = len(self.url) + sum(map(len, self.fwd))
+            size = len(self.url) + sum(map(len, self.fwd)) + len(self.host or b"") + 8
             size += sum(len(n) + len(v) + 4 for _, n, v in self.special)
             if size > self.max_header:
                 raise Reject(431, "request header too large")

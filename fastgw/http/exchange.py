@@ -129,7 +129,20 @@ class Exchange:
         self.sent_bytes = 0
         self.body_bytes = 0
         self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.headers_from(special, keep_alive)
+        self.host = client.host
+        self.xff = self.request_id = self.upgrade = None
+        self.content_length = -1
+        self.chunked = self.expect = False
+        # PERF: most requests have no field but Host for the gateway to look at.
+        connection_field = self.headers_from(special) if special else False
+        # PERF: get_http_version() formats a string. A keep-alive request with no Connection
+        # field can only be HTTP/1.1 (1.0 needs `Connection: keep-alive`), so most skip it.
+        if (keep_alive and not connection_field) or parser.get_http_version() == "1.1":
+            self.http11 = True
+            if self.host is None:
+                self.refuse(400, "missing Host header")
+        else:
+            self.http11 = self.expect = False
         self.target_from(url)
         if self.chunked or self.content_length > 0:
             self.body_done = False
@@ -160,11 +173,10 @@ class Exchange:
         self.pending = []
         self.request_id = self.client.worker.next_request_id()
 
-    def headers_from(self, special: list[tuple[int, bytes, bytes]], keep_alive: bool) -> None:
-        """Read the fields the gateway handles itself (the client sorted them while parsing)."""
-        self.host = self.xff = self.request_id = self.upgrade = None
-        self.content_length = -1
-        self.chunked = self.expect = connection_field = False
+    def headers_from(self, special: list[tuple[int, bytes, bytes]]) -> bool:
+        """Read the fields the gateway handles itself besides the first Host (the client
+        sorted them while parsing); True when there is a Connection field."""
+        connection_field = False
         named: set[bytes] | None = None
         for kind, _name, value in special:
             if kind == K_HOST:
@@ -196,14 +208,7 @@ class Exchange:
             # K_DROP: hop-by-hop or replaced by the gateway
         if named:
             self.fwd = drop_named(self.fwd, named)
-        # PERF: get_http_version() formats a string. A keep-alive request with no Connection
-        # field can only be HTTP/1.1 (1.0 needs `Connection: keep-alive`), so most skip it.
-        if (keep_alive and not connection_field) or self.client.parser.get_http_version() == "1.1":
-            self.http11 = True
-            if self.host is None:
-                self.refuse(400, "missing Host header")
-        else:
-            self.http11 = self.expect = False
+        return connection_field
 
     def target_from(self, url: bytes) -> None:
         """Split the request target into path and query; normalise dot segments and slashes."""
@@ -438,18 +443,20 @@ class Exchange:
         """The request's fields as (name, value) pairs, rebuilt for header-matching routes."""
         fwd = self.fwd
         pairs = [(fwd[i], fwd[i + 2]) for i in range(0, len(fwd), 4)]
+        if self.host is not None:
+            pairs.append((b"Host", self.host))
         return pairs + [(name, value) for _, name, value in self.special]
 
     def head_for(self, endpoint: Endpoint) -> bytes:
         """The request head for the upstream, in one bytes object."""
-        route = self.route
-        client = self.client
         path = self.path if self.depth < 0 else strip_prefix(self.path, self.depth)
         if self.query is not None:
             path = path + b"?" + self.query
-        host = self.host if route.preserve_host and self.host else endpoint.host_header
-        parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        parts += self.fwd
+        if self.route.preserve_host and self.host:
+            parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", self.host, b"\r\n", *self.fwd]
+        else:
+            parts = [self.method, b" ", path, endpoint.host_line, *self.fwd]
+        client = self.client
         if self.xff is None:
             parts.append(client.forwarded)  # PERF: built once per connection
         else:

@@ -26,7 +26,7 @@ class Endpoint:
 
     __slots__ = (
         "host",
-        "host_header",
+        "host_line",
         "idle",
         "idle_timeout",
         "label",
@@ -49,7 +49,9 @@ class Endpoint:
         self.port = port
         self.tls = tls  # https: verified (unless configured off), SNI = host
         self.label = f"{'https://' if tls else ''}{host}:{port}"
-        self.host_header = (f"[{host}]" if ":" in host else host).encode() + b":%d" % port
+        # The end of a request line and the Host field, for heads sent to this address.
+        authority = (f"[{host}]" if ":" in host else host).encode() + b":%d" % port
+        self.host_line = b" HTTP/1.1\r\nHost: " + authority + b"\r\n"
         self.idle: list[UpstreamProtocol] = []
         self.max_idle = 64
         self.idle_timeout = 60.0
