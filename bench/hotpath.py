@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -160,15 +165,15 @@ def setup(routes: int, plugin: str | None = None, connections: int = 1) -> list[
     return clients
 
 
-def run(count: int, routes: int, plugin: str | None = None) -> float:
-    """Microseconds per request, best of 5 rounds."""
+def run(count: int, routes: int, plugin: str | None = None, rounds: int = 5) -> float:
+    """Microseconds per request, best of `rounds` rounds."""
     (client,) = setup(routes, plugin)
     upstream = client.worker.registry.get(("127.0.0.1", 9001, None)).idle[0]
     client_data = client.data_received
     upstream_data = upstream.data_received
     request = REQUEST if plugin is None else with_credentials(REQUEST)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(rounds):
         started = time.perf_counter()
         for _ in range(count):
             client_data(request)
@@ -206,11 +211,53 @@ def paced(count: int, gap: float, burst: int) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.99)]
 
 
+# Request counts of the two callgrind runs; their difference cancels start-up and set-up.
+INSTRUCTION_COUNTS = (1000, 3000)
+
+
+def instructions(routes: int, plugin: str | None) -> float:
+    """Instructions per request: callgrind counts two runs of this module with different request
+    counts; the difference over the extra requests is independent of the machine's load."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    totals = []
+    for count in INSTRUCTION_COUNTS:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "bench.hotpath",
+            "--count",
+            str(count),
+            "--rounds",
+            "1",
+            "--routes",
+            str(routes),
+        ]
+        if plugin is not None:
+            command += ["--plugin", plugin]
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if found is None:
+            raise SystemExit(f"no instruction count in callgrind's output:\n{done.stderr}")
+        totals.append(int(found.group(1)))
+    return (totals[1] - totals[0]) / (INSTRUCTION_COUNTS[1] - INSTRUCTION_COUNTS[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (the best counts)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request with callgrind (steady on a noisy machine)",
+    )
     parser.add_argument("--routes", type=int, default=10)
     parser.add_argument(
         "--plugin",
@@ -237,7 +284,14 @@ def main() -> None:
             f"median {median:.1f} us, p99 {p99:.1f} us"
         )
         return
-    micros = run(args.count, args.routes, args.plugin)
+    if args.instructions:
+        count = instructions(args.routes, args.plugin)
+        print(
+            f"{count:,.0f} instructions per proxied request ({args.routes} routes"
+            + (f", {args.plugin})" if args.plugin else ")")
+        )
+        return
+    micros = run(args.count, args.routes, args.plugin, args.rounds)
     print(
         f"{micros:.2f} us of Python per proxied request ({args.routes} routes"
         + (f", {args.plugin})" if args.plugin else ")")
