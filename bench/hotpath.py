@@ -38,9 +38,10 @@ from fastgw.config.loader import Loaded, validate
 from fastgw.http.client import ClientProtocol
 from fastgw.plugins.services import Services
 from fastgw.runtime import compile_runtime
-from fastgw.upstream.pool import Registry
+from fastgw.site import Site
+from fastgw.upstream.host import Hosts
 from fastgw.upstream.protocol import UpstreamProtocol
-from fastgw.worker import Site, Worker
+from fastgw.worker import Worker
 
 REQUEST = (
     b"GET /api/users/42?full=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -108,6 +109,9 @@ class MemoryTransport:
     def is_closing(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def pause_reading(self) -> None:
         pass
 
@@ -150,25 +154,25 @@ def setup(routes: int, plugin: str | None = None, connections: int = 1) -> list[
     asyncio.set_event_loop(loop)
     worker = Worker(Loaded(validate(config), "hotpath", "-"), 1, 0, None)
     worker.loop = loop
-    worker.registry = Registry(loop)
-    site = Site(compile_runtime(worker.loaded.config, worker.registry, Services(loop)))
+    worker.hosts = Hosts(loop)
+    site = Site(compile_runtime(worker.loaded.config, worker.hosts, Services(loop)))
     worker.sites = [site]
-    endpoint = worker.registry.get(("127.0.0.1", 9001, None))
+    host = worker.hosts.find("up", "127.0.0.1", 9001)
     clients = []
     for _ in range(connections):
         client = ClientProtocol(worker, site)
         client.connection_made(MemoryTransport())
         clients.append(client)
-        upstream = UpstreamProtocol(endpoint)
+        upstream = UpstreamProtocol(host)
         upstream.connection_made(MemoryTransport())
-        endpoint.release(upstream, loop.time())
+        host.release(upstream, loop.time())
     return clients
 
 
 def run(count: int, routes: int, plugin: str | None = None, rounds: int = 5) -> float:
     """Microseconds per request, best of `rounds` rounds."""
     (client,) = setup(routes, plugin)
-    upstream = client.worker.registry.get(("127.0.0.1", 9001, None)).idle[0]
+    upstream = client.worker.hosts.find("up", "127.0.0.1", 9001).idle[0]
     client_data = client.data_received
     upstream_data = upstream.data_received
     request = REQUEST if plugin is None else with_credentials(REQUEST)

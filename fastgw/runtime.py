@@ -1,7 +1,7 @@
 """The Runtime: an immutable snapshot of a compiled config that requests only read.
 
 Everything a request needs that does not depend on the request is computed here, once per
-load: the router, per-route flags, balancers and endpoint references.
+load: the router, per-route flags and plugin hooks, the upstream clusters and their hosts.
 """
 
 from __future__ import annotations
@@ -18,33 +18,24 @@ from .plugins.chain import EMPTY, Chain, ChainBuilder
 from .plugins.consumers import ConsumerIndex
 from .plugins.services import Services
 from .router import Router
-from .upstream.balancer import RoundRobin
-from .upstream.pool import EndpointKey, Registry
+from .upstream.cluster import Cluster
+from .upstream.host import Hosts
 
 # A local handler answers a request itself: (status, content type, body).
 LocalHandler = Callable[[Any], tuple[int, bytes, bytes]]
 
 
-class UpstreamGroup:
-    __slots__ = ("balancer", "connect_timeout", "read_timeout")
-
-    def __init__(
-        self, endpoints: list[Any], weights: list[int], connect: float, read: float
-    ) -> None:
-        self.balancer = RoundRobin(endpoints, weights)
-        self.connect_timeout = connect
-        self.read_timeout = read
-
-
 class CompiledRoute:
     __slots__ = (
         "access",
-        "group",
+        "body",
+        "cluster",
         "hooked",
         "local",
         "log",
         "name",
         "preserve_host",
+        "reframe",
         "response",
         "strip_prefix",
     )
@@ -52,22 +43,24 @@ class CompiledRoute:
     def __init__(
         self,
         name: str,
-        group: UpstreamGroup | None,
+        cluster: Cluster | None,
         strip_prefix: bool = False,
         preserve_host: bool = True,
         local: LocalHandler | None = None,
         chain: Chain = EMPTY,
     ) -> None:
         self.name = name
-        self.group = group
+        self.cluster = cluster
         self.strip_prefix = strip_prefix
         self.preserve_host = preserve_host
         self.local = local
         # PERF: the plugin hooks bound per phase; an empty tuple skips the phase entirely.
         self.access = chain.access
         self.response = chain.response
+        self.body = chain.body
+        self.reframe = chain.reframe
         self.log = chain.log
-        self.hooked = bool(chain.access or chain.response or chain.log)
+        self.hooked = bool(chain.access or chain.response or chain.body or chain.log)
 
 
 BASE_HEADER_KINDS = by_sent_name(REQUEST_KINDS)
@@ -100,25 +93,15 @@ class Runtime:
             plugin.close()
 
 
-def compile_runtime(config: Config, registry: Registry, services: Services) -> Runtime:
-    """Build the snapshot; endpoints come from (and are kept in) the worker's registry."""
-    groups: dict[str, UpstreamGroup] = {}
-    used: set[EndpointKey] = set()
+def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime:
+    """Build the snapshot; hosts come from (and are kept in) the worker's registry."""
+    clusters: dict[str, Cluster] = {}
+    used = set()
     for name, upstream in config.upstreams.items():
-        endpoints = []
-        for target in upstream.targets:
-            scheme, host, port = target.url
-            tls = (upstream.ca, upstream.tls_verify) if scheme == "https" else None
-            key = (host, port, tls)
-            endpoint = registry.get(key)
-            endpoint.configure(upstream.pool)
-            endpoints.append(endpoint)
-            used.add(key)
-        weights = [t.weight for t in upstream.targets]
-        groups[name] = UpstreamGroup(
-            endpoints, weights, upstream.timeouts.connect, upstream.timeouts.read
-        )
-    registry.retain(used)
+        members = [hosts.host(name, target.url, upstream) for target in upstream.targets]
+        used.update(members)
+        clusters[name] = Cluster(name, members, upstream)
+    hosts.retain(used)
     watched: dict[bytes, int] = {}
     consumers = ConsumerIndex(config.consumers)
     build = Build(consumers, services, watched)
@@ -126,7 +109,7 @@ def compile_runtime(config: Config, registry: Registry, services: Services) -> R
     compiled = [
         CompiledRoute(
             route.name or f"routes[{i}]",
-            groups[route.upstream],
+            clusters[route.upstream],
             route.strip_prefix,
             route.preserve_host,
             chain=chains.chain_for(route.plugins),

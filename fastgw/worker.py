@@ -22,9 +22,10 @@ import uvloop
 from .config.loader import Loaded
 from .http.client import ClientProtocol
 from .plugins.services import Services
-from .runtime import Runtime, compile_runtime, local_runtime
+from .runtime import compile_runtime, local_runtime
+from .site import Site
 from .tls import ServerTls, TlsListener
-from .upstream.pool import Registry
+from .upstream.host import Hosts
 
 # Request ids formatted at once (see Worker.next_request_id).
 REQUEST_ID_BATCH = 256
@@ -32,19 +33,6 @@ REQUEST_ID_BATCH = 256
 log = logging.getLogger("fastgw.worker")
 
 FRAME = struct.Struct("!I")
-
-
-class Site:
-    """What one listener serves: its live Runtime, its scheme and its TLS, if any."""
-
-    __slots__ = ("proto_line", "runtime", "tls")
-
-    def __init__(
-        self, runtime: Runtime, scheme: bytes = b"http", tls: TlsListener | None = None
-    ) -> None:
-        self.runtime = runtime
-        self.proto_line = b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
-        self.tls = tls
 
 
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -76,7 +64,7 @@ class Worker:
         self.control_fd = control_fd
         self.control_buffer = b""
         self.loop: Any = None
-        self.registry: Registry | None = None
+        self.hosts: Hosts | None = None
         self.services: Services | None = None
         self.connections: set[ClientProtocol] = set()
         self.draining = False
@@ -102,11 +90,11 @@ class Worker:
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.registry = Registry(self.loop)
+        self.hosts = Hosts(self.loop)
         self.services = Services(self.loop)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
-        runtime = compile_runtime(config, self.registry, self.services)
+        runtime = compile_runtime(config, self.hosts, self.services)
         for listener in config.server.listen:
             tls = TlsListener(listener.tls) if listener.tls is not None else None
             site = Site(runtime, listener.scheme, tls)
@@ -180,7 +168,7 @@ class Worker:
     def apply(self, loaded: Loaded, version: int) -> None:
         """Switch to a new config: one reference swap; requests in flight keep their runtime."""
         try:
-            runtime = compile_runtime(loaded.config, self.registry, self.services)
+            runtime = compile_runtime(loaded.config, self.hosts, self.services)
             self.reload_tls(loaded.config.server.listen)
         except Exception:
             log.exception(
@@ -223,6 +211,7 @@ class Worker:
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
+            conn.draining = True
             conn.close_if_idle()
         deadline = self.loop.time() + self.loaded.config.server.timeouts.drain
         log.info("worker %d draining %d connection(s)", self.index, len(self.connections))
@@ -233,7 +222,7 @@ class Worker:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
-        self.registry.close_all()
+        self.hosts.close_all()
         if not self.stopped.done():
             self.stopped.set_result(None)
 

@@ -89,6 +89,8 @@ class Limits:
 @dataclass(frozen=True)
 class ServerTimeouts:
     client_header: float = spec(duration, 10.0)
+    client_body: float = spec(duration, 60.0)  # the longest pause inside a request body
+    send: float = spec(duration, 60.0)  # the longest a client may take no response bytes
     keepalive: float = spec(duration, 60.0)
     drain: float = spec(duration, 30.0)
 

@@ -3,16 +3,22 @@
 Pipelined requests queue behind the one being served (reading pauses while they wait), so
 responses leave in request order. Reading also pauses while the upstream's write buffer is
 full or while a body waits for an upstream connection. One timer per connection covers the
-header timeout (408) and the keep-alive idle timeout; it is re-armed only when it fires.
+header timeout (408), the keep-alive idle timeout and, while a request is served, the
+client's own slowness: a body that stops arriving (408) and a response it stops reading
+(reset). It is re-armed only when it fires.
+
+It is the `Downstream` of the exchanges it serves: they use nothing else of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -23,12 +29,26 @@ from .headers import K_HOST, UNLISTED
 from .replies import error_body, reply
 
 if TYPE_CHECKING:
-    from ..worker import Site, Worker
+    from ..site import Site
 
 log = logging.getLogger("fastgw.client")
 
 # Why reading is paused (bits).
 PAUSE_PIPELINE, PAUSE_PEER, PAUSE_BUFFER, PAUSE_DEAD = 1, 2, 4, 8
+
+# SO_LINGER on, 0 seconds: closing the socket sends a reset, which every client sees as an
+# error (a FIN could pass for the end of a close-delimited body).
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Serving(Protocol):
+    """What a connection needs of its worker."""
+
+    loop: Any
+    connections: set[Any]
+    draining: bool
+
+    def next_request_id(self) -> bytes: ...
 
 
 class Reject(Exception):
@@ -41,7 +61,10 @@ class Reject(Exception):
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
+        "body_at",
+        "body_timeout",
         "current",
+        "draining",
         "forwarded",
         "fwd",
         "head_raw",
@@ -54,17 +77,21 @@ class ClientProtocol(asyncio.Protocol):
         "in_head",
         "keepalive",
         "kinds",
+        "loop",
         "max_body",
         "max_header",
         "max_line",
         "measure_head",
+        "next_request_id",
         "parser",
         "parsing",
         "paused",
         "peer",
         "peer_subjects",
+        "proto_line",
         "queue",
         "runtime",
+        "send_timeout",
         "site",
         "special",
         "timer",
@@ -74,10 +101,14 @@ class ClientProtocol(asyncio.Protocol):
         "url",
         "worker",
         "write_paused",
+        "write_paused_at",
     )
 
-    def __init__(self, worker: Worker, site: Site) -> None:
+    def __init__(self, worker: Serving, site: Site) -> None:
         self.worker = worker
+        self.loop = worker.loop
+        self.next_request_id = worker.next_request_id
+        self.draining = False
         self.site = site
         self.runtime = site.runtime  # the one the request being parsed was started under
         self.kinds = self.runtime.header_kinds
@@ -96,6 +127,8 @@ class ClientProtocol(asyncio.Protocol):
         self.queue: deque[Exchange] | None = None
         self.paused = 0
         self.write_paused = False
+        self.write_paused_at = 0.0
+        self.body_at = 0.0  # when the body being read last made progress
         self.in_feed = False
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel: Any = None
@@ -116,9 +149,12 @@ class ClientProtocol(asyncio.Protocol):
         self.max_body = limits.max_body_bytes
         self.header_timeout = timeouts.client_header
         self.keepalive = timeouts.keepalive
+        self.body_timeout = timeouts.client_body
+        self.send_timeout = timeouts.send
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
-        self.forwarded = b"X-Forwarded-For: " + self.peer + self.site.proto_line
+        self.proto_line = self.site.proto_line
+        self.forwarded = b"X-Forwarded-For: " + self.peer + self.proto_line
         if self.site.tls is not None:
             self.peer_subjects = peer_subjects(transport.get_extra_info("ssl_object"))
         sock = transport.get_extra_info("socket")
@@ -129,10 +165,10 @@ class ClientProtocol(asyncio.Protocol):
             transport.close()
             return
         worker.connections.add(self)
-        now = worker.loop.time()
+        now = self.loop.time()
         self.idle_since = now
         self.idle_limit = self.header_timeout  # the first request must come within this time
-        self.timer = worker.loop.call_at(now + self.header_timeout, self._on_timer)
+        self.timer = self.loop.call_at(now + self.header_timeout, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.worker.connections.discard(self)
@@ -183,9 +219,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.in_head and self.parser is not None:
             # A head still arriving: its timeout runs from now; bound what httptools buffers.
             if self.head_start is None:
-                self.head_start = self.worker.loop.time()
+                self.head_start = self.loop.time()
                 if self.timer is None:
-                    self.timer = self.worker.loop.call_at(
+                    self.timer = self.loop.call_at(
                         self.head_start + self.header_timeout, self._on_timer
                     )
             self.head_raw += len(data)
@@ -193,25 +229,19 @@ class ClientProtocol(asyncio.Protocol):
                 self.reject(431, "request header too large")
 
     def pause_writing(self) -> None:
+        now = self.write_paused_at = self.loop.time()
         self.write_paused = True
-        target = self.tunnel_peer()
-        if target is not None:
-            target.pause_reading()
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+        elif self.current is not None:
+            self.current.client_write_paused(now)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        target = self.tunnel_peer()
-        if target is not None:
-            target.resume_reading()
-
-    def tunnel_peer(self) -> Any:
-        """The upstream transport whose reading follows this client's write buffer."""
         if self.tunnel is not None:
-            return self.tunnel
-        current = self.current
-        if current is not None and current.conn is not None:
-            return current.conn.transport
-        return None
+            self.tunnel.resume_reading()
+        elif self.current is not None:
+            self.current.client_write_resumed(self.loop.time())
 
     # -- reading flow control --------------------------------------------------------------
 
@@ -224,6 +254,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.paused & reason:
             self.paused &= ~reason
             if not self.paused and not self.transport.is_closing():
+                self.body_at = self.loop.time()  # the client is not to blame for our pause
                 self.transport.resume_reading()
 
     def pause_reading_for_peer(self) -> None:
@@ -283,11 +314,16 @@ class ClientProtocol(asyncio.Protocol):
         if self.head_raw:  # the head came over several reads
             self.head_start = None
             self.head_raw = 0
-        exchange = Exchange(self, self.url, self.fwd, self.special)
+        exchange = Exchange(
+            self, self.parser, self.runtime, self.url, self.host, self.fwd, self.special
+        )
         self.parsing = exchange
+        if not exchange.body_done:
+            self.body_at = self.loop.time()
         self.serve(exchange)
 
     def on_body(self, data: bytes) -> None:
+        self.body_at = self.loop.time()
         self.parsing.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -308,7 +344,7 @@ class ClientProtocol(asyncio.Protocol):
             self.queue.append(exchange)
             self._pause(PAUSE_PIPELINE)
 
-    def exchange_finished(self, exchange: Exchange) -> None:
+    def exchange_finished(self, exchange: Exchange, now: float) -> None:
         """The response has been written: close, serve the next queued request, or go idle."""
         if exchange is not self.current:
             return
@@ -330,14 +366,14 @@ class ClientProtocol(asyncio.Protocol):
                 following.flush()
             return
         self.current = None
-        if self.worker.draining:
+        if self.draining:
             self.close()
             return
-        self.idle_since = self.worker.loop.time()
+        self.idle_since = now
         self.idle_limit = self.keepalive
         if self.timer is None:
-            self.timer = self.worker.loop.call_at(
-                self.idle_since + min(self.keepalive, self.header_timeout), self._on_timer
+            self.timer = self.loop.call_at(
+                now + min(self.keepalive, self.header_timeout), self._on_timer
             )
 
     def reject(self, status: int, message: str) -> None:
@@ -361,8 +397,7 @@ class ClientProtocol(asyncio.Protocol):
                 parsing.error = (status, message)
             return
         exchange = Exchange.__new__(Exchange)
-        exchange.client = self
-        exchange.rejected(status, message)
+        exchange.rejected(self, self.site.runtime, status, message)
         self.serve(exchange)
 
     def upgrade_requested(self, rest: bytes) -> None:
@@ -384,10 +419,10 @@ class ClientProtocol(asyncio.Protocol):
         if rest:
             self.data_received(rest)
 
-    def start_tunnel(self, upstream: Any, exchange: Exchange) -> None:
+    def start_tunnel(self, upstream_transport: Any) -> None:
         """The upstream answered 101: from now on bytes pass through unchanged both ways."""
         self.current = None
-        self.tunnel = upstream.transport
+        self.tunnel = upstream_transport
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -405,7 +440,12 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.close()
 
     def abort(self) -> None:
+        """Reset the connection: the client sees an error, never a clean end."""
         self.parser = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         self.transport.abort()
 
     def close_if_idle(self) -> None:
@@ -415,12 +455,17 @@ class ClientProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         # PERF: one timer per connection, never per request; it sleeps at most the header
-        # timeout, re-arms itself for the nearest deadline, and stops while a request is served.
+        # timeout and re-arms itself for the nearest deadline.
         self.timer = None
-        if self.transport.is_closing() or self.current is not None or self.tunnel is not None:
+        if self.transport.is_closing() or self.tunnel is not None:
             return
-        now = self.worker.loop.time()
-        if self.head_start is not None:
+        now = self.loop.time()
+        current = self.current
+        if current is not None:
+            due = self._check_client(current, now)
+            if due < 0:
+                return
+        elif self.head_start is not None:
             due = self.head_start + self.header_timeout
             if now >= due:
                 self.parser = None
@@ -434,4 +479,28 @@ class ClientProtocol(asyncio.Protocol):
             if now >= due:
                 self.close()
                 return
-        self.timer = self.worker.loop.call_at(min(due, now + self.header_timeout), self._on_timer)
+        self.timer = self.loop.call_at(min(due, now + self.header_timeout), self._on_timer)
+
+    def _check_client(self, current: Exchange, now: float) -> float:
+        """While a request is served: is the client too slow? The next due time, or -1 when
+        the connection was ended."""
+        if self.write_paused:
+            due = self.write_paused_at + self.send_timeout
+            if now >= due:
+                log.info(
+                    "client %s read nothing for %gs; connection reset",
+                    self.peer.decode("latin-1"),
+                    self.send_timeout,
+                )
+                self.abort()
+                return -1.0
+            return due
+        if not current.body_done and not self.paused:
+            due = self.body_at + self.body_timeout
+            if now >= due:
+                self.parser = None
+                self._pause(PAUSE_DEAD)
+                current.body_timed_out()
+                return -1.0
+            return due
+        return now + self.header_timeout

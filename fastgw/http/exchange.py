@@ -1,23 +1,39 @@
 """Exchange: one request and its response, from the parsed head to the last byte.
 
-It routes the request, builds the upstream head once, streams the body to an upstream
-connection (buffered while that connection is being found), retries a stale pooled
-connection once, fails over to another target when a connect fails, and answers errors
-itself as JSON.
+It routes the request, runs the route's plugins, picks a host of the routed upstream and makes
+attempts on it: an attempt starts when a host is chosen and ends in exactly one call to
+`Host.attempt_ended` with its outcome and timings, whatever ends it. A stale pooled connection
+is replaced within the same attempt; a failed connect moves on to another host (a new
+attempt). The upstream connection hands the response over piece by piece (head, body, end);
+the exchange decides what reaches the client: today it writes through, after the route's
+response hooks and body hooks. It answers errors itself, as JSON.
+
+It talks to its client connection only through `Downstream`, and to its upstream connection
+only through the methods of UpstreamProtocol meant for it.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
+from typing import TYPE_CHECKING, Any, Protocol
 
 from httptools import HttpParserInvalidURLError, parse_url
 
-from ..plugins.base import UNSAFE, Reply
+from ..logs import Throttled
+from ..plugins.base import Reply
 from ..router import Allow, strip_prefix
-from .addresses import Address, parse_address, real_client
+from ..upstream.host import DIAL_NO_DESCRIPTORS, describe_dial_failure
+from ..upstream.outcomes import (
+    CLIENT_ABORT,
+    CONNECT_ERROR,
+    GATEWAY_ERROR,
+    INVALID,
+    OK,
+    RESET,
+    TIMEOUT,
+)
+from ..upstream.protocol import FRAMED_BY_LENGTH
 from .headers import (
     CONNECTION_OPTIONS,
     K_CONNECTION,
@@ -29,6 +45,7 @@ from .headers import (
     K_UPGRADE,
     K_XFF,
     REQUEST_ID_MAX,
+    STATUS_LINES,
     chunk,
     connection_tokens,
     drop_named,
@@ -36,36 +53,73 @@ from .headers import (
 )
 from .paths import NEEDS_NORMALISING, normalise
 from .replies import CONTINUE, error_body, reply
+from .view import UNSET, RequestView
 
 if TYPE_CHECKING:
-    from ..plugins.consumers import Identity
-    from ..upstream.pool import Endpoint
+    from ..upstream.host import Host
     from ..upstream.protocol import UpstreamProtocol
-    from .client import ClientProtocol
 
 log = logging.getLogger("fastgw.proxy")
+out_of_descriptors = Throttled(log, 10.0)
 
 # Request states.
 WAITING, CONNECTING, SENDING, RESPONDING, DONE = range(5)
+
+# How the response body goes to the client.
+BODY_NONE, BODY_RAW, BODY_CHUNKED = range(3)
 
 # A request body is kept for a retry on a fresh connection only up to this size.
 REPLAY_LIMIT = 64 * 1024
 # Body bytes buffered while no upstream connection is attached before the client is paused.
 BUFFER_LIMIT = 256 * 1024
 
-_UNSET: Any = object()
+NOTHING_SENT: tuple = ()  # `sent` of a request without a body: only its head goes out
 
 
-class Exchange:
+class Downstream(Protocol):
+    """What an exchange may use of the client connection it belongs to."""
+
+    transport: Any
+    loop: Any
+    max_body: int
+    peer: bytes
+    forwarded: bytes  # the X-Forwarded-For and -Proto lines of a request without X-F-F
+    proto_line: bytes
+    peer_subjects: tuple[str, ...] | None
+    in_feed: bool  # inside data_received: writes wait for its end
+    write_paused: bool
+    draining: bool
+
+    def next_request_id(self) -> bytes: ...
+
+    def pause_reading_for_buffer(self) -> None: ...
+
+    def resume_reading_for_buffer(self) -> None: ...
+
+    def pause_reading_for_peer(self) -> None: ...
+
+    def resume_reading_for_peer(self) -> None: ...
+
+    def exchange_finished(self, exchange: Exchange, now: float) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def start_tunnel(self, upstream_transport: Any) -> None: ...
+
+
+class Exchange(RequestView):
     __slots__ = (
         "address",
-        "attempt",
+        "attempts",
+        "authority",
         "body_bytes",
         "body_done",
+        "body_mode",
         "chunked",
         "client",
         "close_after",
         "conn",
+        "connected_at",
         "consumer",
         "content_length",
         "ctx",
@@ -74,15 +128,21 @@ class Exchange:
         "error",
         "expect",
         "fwd",
+        "head",
+        "head_at",
         "host",
         "http11",
         "is_head",
+        "live",
         "logged",
+        "match_path",
         "method",
+        "out",
         "path",
         "pending",
         "pending_bytes",
         "query",
+        "replayed",
         "request_id",
         "route",
         "runtime",
@@ -90,6 +150,7 @@ class Exchange:
         "sent",
         "sent_bytes",
         "special",
+        "started_at",
         "state",
         "status",
         "subject",
@@ -101,63 +162,66 @@ class Exchange:
 
     def __init__(
         self,
-        client: ClientProtocol,
+        client: Downstream,
+        parser: Any,
+        runtime: Any,
         url: bytes,
+        authority: bytes | None,
         fwd: list[bytes],
         special: list[tuple[int, bytes, bytes]],
     ) -> None:
-        parser = client.parser
         self.client = client
-        self.runtime = client.runtime
+        self.runtime = runtime
         self.fwd = fwd
         self.special = special
         self.method = method = parser.get_method()
         keep_alive = parser.should_keep_alive()
-        self.close_after = not keep_alive or client.worker.draining
+        self.close_after = not keep_alive or client.draining
         self.is_head = method == b"HEAD"
         self.error: tuple[int, str] | None = None
         self.state = WAITING
         self.conn: UpstreamProtocol | None = None
         self.route: Any = None
-        self.depth = -1
-        self.tried: list[Endpoint] | None = None
-        self.attempt = 0
-        self.discard = False
+        self.host: Host | None = None  # the host of the latest attempt
+        self.attempts = 0
         self.pending: list[bytes] = []
         self.pending_bytes = 0
-        self.sent: list[bytes] | None = []
-        self.sent_bytes = 0
         self.body_bytes = 0
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.host = client.host
+        self.status = 0
+        self.authority = authority
         self.xff = self.request_id = self.upgrade = None
         self.content_length = -1
         self.chunked = self.expect = False
         # PERF: most requests have no field but Host for the gateway to look at.
-        connection_field = self.headers_from(special) if special else False
+        connection_field = self.headers_from(special, parser) if special else False
         # PERF: get_http_version() formats a string. A keep-alive request with no Connection
         # field can only be HTTP/1.1 (1.0 needs `Connection: keep-alive`), so most skip it.
         if (keep_alive and not connection_field) or parser.get_http_version() == "1.1":
             self.http11 = True
-            if self.host is None:
+            if self.authority is None:
                 self.refuse(400, "missing Host header")
         else:
             self.http11 = self.expect = False
         self.target_from(url)
         if self.chunked or self.content_length > 0:
             self.body_done = False
+            self.sent: list[bytes] | tuple | None = []  # what went upstream, for a replay
+            self.sent_bytes = 0
+            self.discard = False
             if self.content_length > client.max_body:
                 self.refuse(413, "request body too large")
         else:
             self.body_done = True
+            self.sent = NOTHING_SENT
         if self.request_id is None:
-            self.request_id = client.worker.next_request_id()
+            self.request_id = client.next_request_id()
         if self.upgrade is not None:
             self.close_after = True  # after the tunnel, or after a refused upgrade
 
-    def rejected(self, status: int, message: str) -> None:
+    def rejected(self, client: Downstream, runtime: Any, status: int, message: str) -> None:
         """Initialise a stand-in for a request that could not be parsed (made with __new__)."""
-        self.runtime = self.client.site.runtime
+        self.client = client
+        self.runtime = runtime
         self.method = b""
         self.http11 = True
         self.is_head = False
@@ -166,23 +230,24 @@ class Exchange:
         self.state = WAITING
         self.conn = None
         self.route = None
+        self.host = None
         self.upgrade = None
         self.expect = False
         self.discard = False
         self.body_done = True
         self.pending = []
-        self.request_id = self.client.worker.next_request_id()
+        self.request_id = client.next_request_id()
 
-    def headers_from(self, special: list[tuple[int, bytes, bytes]]) -> bool:
+    def headers_from(self, special: list[tuple[int, bytes, bytes]], parser: Any) -> bool:
         """Read the fields the gateway handles itself besides the first Host (the client
         sorted them while parsing); True when there is a Connection field."""
         connection_field = False
         named: set[bytes] | None = None
         for kind, _name, value in special:
             if kind == K_HOST:
-                if self.host is not None:
+                if self.authority is not None:
                     self.refuse(400, "more than one Host header")
-                self.host = value
+                self.authority = value
             elif kind == K_CONTENT_LENGTH:
                 self.content_length = int(value)  # llhttp has checked the digits and duplicates
             elif kind == K_XFF:
@@ -201,7 +266,7 @@ class Exchange:
                     named = extra if named is None else named | extra
             elif kind == K_UPGRADE:
                 # Only websocket is tunnelled; other upgrades (h2c...) are dropped, HTTP goes on.
-                if value.lower() == b"websocket" and self.client.parser.should_upgrade():
+                if value.lower() == b"websocket" and parser.should_upgrade():
                     self.upgrade = value
             elif kind == K_EXPECT:
                 self.expect = value.lower() == b"100-continue"
@@ -222,16 +287,18 @@ class Exchange:
             except HttpParserInvalidURLError:
                 parsed = None
             if parsed is None or not parsed.host:
-                self.path, self.query = b"/", None
+                self.path = self.match_path = b"/"
+                self.query = None
                 self.refuse(400, "invalid request target")
                 return
             path = parsed.path or b"/"
             query = parsed.query
-            self.host = (
+            self.authority = (
                 parsed.host if parsed.port is None else b"%s:%d" % (parsed.host, parsed.port)
             )
         else:
-            self.path, self.query = b"/", None
+            self.path = self.match_path = b"/"
+            self.query = None
             if self.method == b"CONNECT":
                 self.close_after = True  # the parser stops after CONNECT; nothing can follow
                 self.refuse(405, "CONNECT is not supported")
@@ -245,7 +312,7 @@ class Exchange:
                 self.refuse(400, "invalid path")
                 normal = b"/"
             path = normal
-        self.path = path
+        self.path = self.match_path = path
         self.query = query
 
     def refuse(self, status: int, message: str) -> None:
@@ -265,8 +332,8 @@ class Exchange:
         router = self.runtime.router
         found = router.match(
             self.method,
-            self.host or b"",
-            self.path,
+            self.authority or b"",
+            self.match_path,
             self.header_pairs() if router.by_header else (),
         )
         if found is None:
@@ -285,8 +352,7 @@ class Exchange:
         certified = self.client.peer_subjects
         if route.hooked or certified is not None:
             self.consumer = self.subject = self.scopes = self.ctx = None
-            self.address = _UNSET
-            self.status = 0
+            self.address = UNSET
             self.logged = False
             if certified is not None:
                 self.certified(certified)
@@ -298,15 +364,413 @@ class Exchange:
         self.proceed()
 
     def proceed(self) -> None:
-        """Every plugin let the request through: pick a target and send it upstream."""
-        endpoint = self.route.group.balancer.pick()
-        if endpoint is None:
+        """Every plugin let the request through: pick a host and send the request to it."""
+        host = self.route.cluster.balancer.pick()
+        if host is None:
             self.local_error(503, "no upstream target available")
             return
         if self.expect and self.body_bytes == 0:
             self.client.transport.write(CONTINUE)
-        self.pending.insert(0, self.head_for(endpoint))
-        self.dispatch(endpoint)
+        self.head = self.head_for(host)
+        self.dispatch(host)
+
+    def head_for(self, host: Host) -> bytes:
+        """The request head for the upstream, in one bytes object."""
+        path = self.path if self.depth < 0 else strip_prefix(self.path, self.depth)
+        if self.query is not None:
+            path = path + b"?" + self.query
+        if self.route.preserve_host and self.authority:
+            parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", self.authority, b"\r\n"]
+            parts += self.fwd
+        else:
+            parts = [self.method, b" ", path, host.host_line, *self.fwd]
+        client = self.client
+        if self.xff is None:
+            parts.append(client.forwarded)  # PERF: built once per connection
+        else:
+            parts += (b"X-Forwarded-For: ", self.xff, b", ", client.peer, client.proto_line)
+        if self.authority is not None:
+            parts += (
+                b"X-Forwarded-Host: ",
+                self.authority,
+                b"\r\nX-Request-ID: ",
+                self.request_id,
+                b"\r\n",
+            )
+        else:
+            parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
+        if self.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif self.content_length >= 0:
+            parts.append(b"Content-Length: %d\r\n" % self.content_length)
+        if self.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def dispatch(self, host: Host) -> None:
+        """Start an attempt on `host`: a pooled connection at once, or a dial."""
+        self.host = host
+        self.attempts += 1
+        host.in_flight += 1  # PERF: inline; Host.attempt_ended takes it back
+        self.live = True
+        self.head_at = 0.0
+        now = self.started_at = self.client.loop.time()
+        conn = host.acquire()
+        if conn is not None:
+            self.connected_at = now
+            self.attach(conn, now)
+        else:
+            self.connected_at = 0.0
+            self.state = CONNECTING
+            host.dial(self, self.route.cluster.connect_timeout)
+
+    def attach(self, conn: UpstreamProtocol, now: float) -> None:
+        client = self.client
+        self.conn = conn
+        self.state = SENDING
+        conn.dispatch(self, now, self.route.cluster.read_timeout)
+        if client.write_paused:
+            conn.pause_reading(now)
+        if self.sent is NOTHING_SENT:  # no body: the head alone, at once
+            conn.transport.write(self.head)
+        else:  # the head goes in front of the body, in the same write
+            self.pending.insert(0, self.head)
+            if not client.in_feed:
+                self.flush()
+
+    def flush(self) -> None:
+        """Send what is pending to the attached upstream connection in one write."""
+        pending = self.pending
+        if not pending or self.conn is None:
+            return
+        self.pending = []
+        conn = self.conn
+        conn.transport.writelines(pending)
+        sent = self.sent
+        if sent is not None:
+            sent += pending
+        if self.pending_bytes:  # body bytes went out (not only the head)
+            conn.sent(self.client.loop.time())
+            if sent is not None:
+                self.sent_bytes += self.pending_bytes
+                if self.sent_bytes > REPLAY_LIMIT:
+                    self.sent = None
+            if self.pending_bytes > BUFFER_LIMIT:
+                self.client.resume_reading_for_buffer()
+            self.pending_bytes = 0
+
+    def request_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self.discard or self.state == DONE:
+            return
+        if self.body_bytes > self.client.max_body:
+            self.body_too_large()
+            return
+        if self.chunked:
+            self.pending += chunk(data)
+        else:
+            self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.conn is None and self.pending_bytes > BUFFER_LIMIT:
+            self.client.pause_reading_for_buffer()
+
+    def request_trailer(self, name: bytes, value: bytes) -> None:
+        trailers = getattr(self, "trailers", None)
+        if trailers is None:
+            trailers = self.trailers = []
+        trailers.append((name, value))
+
+    def request_complete(self) -> None:
+        if self.body_done:
+            return  # PERF: no body, nothing to finish
+        self.body_done = True
+        if self.discard or self.state == DONE:
+            if self.discard:
+                self.client.exchange_finished(self, self.client.loop.time())
+            return
+        if self.chunked:
+            self.pending.append(last_chunk(getattr(self, "trailers", None)))
+
+    def body_too_large(self) -> None:
+        self.close_after = True
+        if self.state == RESPONDING:
+            self.client_failed()
+            return
+        self.drop_upstream()
+        self.local_error(413, "request body too large")
+
+    def body_timed_out(self) -> None:
+        """No body byte came for `timeouts.client_body`: 408, or a reset once answering."""
+        self.close_after = True
+        if self.state >= RESPONDING:
+            self.client_failed()
+            return
+        self.drop_upstream()
+        self.local_error(408, "request body timeout")
+
+    def waiting_on_client(self) -> bool:
+        """The request is not all sent and nothing is left to send: the client is slow."""
+        conn = self.conn
+        return (
+            not self.body_done
+            and not self.pending
+            and (conn is None or not conn.transport.get_write_buffer_size())
+        )
+
+    # -- flow control between the two connections ---------------------------------------
+
+    def upstream_write_paused(self) -> None:
+        self.client.pause_reading_for_peer()
+
+    def upstream_write_resumed(self) -> None:
+        self.client.resume_reading_for_peer()
+
+    def client_write_paused(self, now: float) -> None:
+        """The client's write buffer is full: stop reading the response meanwhile."""
+        if self.conn is not None:
+            self.conn.pause_reading(now)
+
+    def client_write_resumed(self, now: float) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading(now)
+
+    # -- attempts ------------------------------------------------------------------------
+
+    def end_attempt(
+        self,
+        outcome: str,
+        now: float,
+        conn: UpstreamProtocol | None = None,
+        reusable: bool = False,
+    ) -> None:
+        """Report the attempt in progress to its host, once: the completion point."""
+        if not self.live:
+            if conn is not None:
+                conn.transport.close()
+            return
+        self.live = False
+        started = self.started_at
+        head_at = self.head_at
+        self.host.attempt_ended(
+            outcome,
+            (self.connected_at or now) - started,
+            head_at - started if head_at else -1.0,
+            now - started,
+            now,
+            conn,
+            reusable,
+        )
+
+    def connected(self, host: Host, conn: UpstreamProtocol) -> None:
+        now = self.client.loop.time()
+        if self.state != CONNECTING or host is not self.host:
+            host.release(conn, now)  # fresh and unused: keep it
+            return
+        self.connected_at = now
+        self.attach(conn, now)
+
+    def connect_failed(self, host: Host, why: str, detail: str) -> None:
+        if self.state != CONNECTING or host is not self.host:
+            return
+        route = self.route
+        if why == DIAL_NO_DESCRIPTORS:
+            self.end_attempt(GATEWAY_ERROR, self.client.loop.time())
+            out_of_descriptors.error(
+                "out of file descriptors connecting to upstream %s (%s); raise the limit "
+                "(LimitNOFILE, ulimit -n) or lower limits.max_connections",
+                host.label,
+                detail,
+            )
+            self.local_error(*describe_dial_failure(why))
+            return
+        self.end_attempt(CONNECT_ERROR, self.client.loop.time())
+        log.warning("upstream %s: connect %s (route %s): %s", host.label, why, route.name, detail)
+        tried = getattr(self, "tried", None)
+        if tried is None:
+            tried = self.tried = []
+        tried.append(host)
+        following = route.cluster.balancer.pick(tried)
+        if following is None:
+            self.local_error(*describe_dial_failure(why))
+            return
+        if not route.preserve_host or self.authority is None:
+            self.head = self.head_for(following)
+        self.dispatch(following)
+
+    def upstream_failed(self, conn: UpstreamProtocol, outcome: str, now: float) -> None:
+        """The connection failed before the response ended: replay, or answer 502/504."""
+        self.conn = None
+        state = self.state
+        if state == DONE:
+            return
+        if state == RESPONDING:
+            log.warning(
+                "upstream %s: %s during the response (route %s)",
+                self.host.label,
+                outcome,
+                self.route.name,
+            )
+            self.end_attempt(outcome, now)
+            self.state = DONE
+            self.client.abort()
+            return
+        sent = self.sent
+        if (
+            outcome == RESET
+            and conn.reused
+            and conn.received == 0
+            and sent is not None
+            and not getattr(self, "replayed", False)
+        ):
+            # A pooled connection the upstream had closed: the same attempt goes on, once, on
+            # a fresh connection, with everything sent so far (attach puts the head back).
+            self.replayed = True
+            if sent:
+                self.pending = sent[1:] + self.pending
+                self.pending_bytes += self.sent_bytes
+                self.sent = []
+                self.sent_bytes = 0
+            self.state = CONNECTING
+            self.connected_at = 0.0
+            self.host.dial(self, self.route.cluster.connect_timeout)
+            return
+        log.warning("upstream %s: %s (route %s)", self.host.label, outcome, self.route.name)
+        self.end_attempt(outcome, now)
+        self.close_after = self.close_after or not self.body_done
+        if outcome == TIMEOUT:
+            self.local_error(504, "upstream timed out")
+        elif outcome == INVALID:
+            self.local_error(502, "invalid response from upstream")
+        else:
+            self.local_error(502, "upstream closed the connection")
+
+    def drop_upstream(self) -> None:
+        """The client ended the exchange: the attempt in progress ends with it."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.abort()
+        if self.host is not None and self.live:
+            self.end_attempt(CLIENT_ABORT, self.client.loop.time())
+
+    def client_failed(self) -> None:
+        """Nothing more can be sent to this client: reset it (the upstream goes with it)."""
+        self.drop_upstream()
+        self.state = DONE
+        self.client.abort()
+
+    def client_gone(self) -> None:
+        self.drop_upstream()
+        self.state = DONE
+        if self.route is not None and self.route.log:
+            self.run_log()
+
+    # -- the response seam ---------------------------------------------------------------
+
+    def response_head(self, status: int, fields: list[bytes], framing: int, now: float) -> bool:
+        """The upstream's response head (hop-by-hop fields already out): build the client's,
+        after the route's response hooks. True when no body follows (a response to HEAD)."""
+        self.state = RESPONDING
+        self.sent = None
+        self.status = status
+        self.head_at = now
+        route = self.route
+        if route.response:
+            self.run_response_hooks(status, fields)
+        if status == 101:
+            fields.append(b"Connection: upgrade\r\n")
+            self.body_mode = BODY_NONE
+        else:
+            if self.is_head or status == 204 or status == 304:
+                self.body_mode = BODY_NONE
+            elif framing == FRAMED_BY_LENGTH and not route.reframe:
+                self.body_mode = BODY_RAW
+            else:
+                if route.reframe and framing == FRAMED_BY_LENGTH:
+                    fields = drop_named(fields, {b"content-length"})  # body hooks may change it
+                if self.http11:
+                    fields.append(b"Transfer-Encoding: chunked\r\n")
+                    self.body_mode = BODY_CHUNKED
+                else:
+                    self.body_mode = BODY_RAW
+                    self.close_after = True  # an HTTP/1.0 client: the body ends at close
+            if self.close_after:
+                fields.append(b"Connection: close\r\n")
+            elif not self.http11:
+                fields.append(b"Connection: keep-alive\r\n")
+        fields.append(b"\r\n")
+        self.out = [STATUS_LINES[status] + b"".join(fields)]
+        return self.is_head
+
+    def response_body(self, data: bytes) -> None:
+        if self.route.body:
+            data = self.run_body_hooks(data, False)
+            if not data:
+                return
+        if self.body_mode == BODY_RAW:
+            self.out.append(data)
+        elif self.body_mode == BODY_CHUNKED:
+            self.out += chunk(data)
+
+    def response_read(self) -> None:
+        """The end of one read from the upstream: what it produced goes out in one write."""
+        if self.state != RESPONDING:
+            return  # the head is not complete yet
+        out = self.out
+        if out:
+            self.out = []
+            self.client.transport.writelines(out)
+
+    def response_end(
+        self,
+        conn: UpstreamProtocol,
+        reusable: bool,
+        trailers: list[tuple[bytes, bytes]] | None,
+        now: float,
+    ) -> None:
+        """The response ended cleanly: send the rest, end the attempt, finish the exchange."""
+        out = self.out
+        if self.route.body and self.body_mode != BODY_NONE:
+            self.response_tail()
+            if self.state == DONE:  # a body hook failed: the client was reset
+                conn.transport.close()
+                return
+        if self.body_mode == BODY_CHUNKED:
+            out.append(last_chunk(trailers))
+        client = self.client
+        if out:
+            client.transport.writelines(out)
+        self.conn = None
+        self.state = DONE
+        # PERF: the completion point inline (end_attempt does the same for every other end).
+        self.live = False
+        started = self.started_at
+        self.host.attempt_ended(
+            OK,
+            self.connected_at - started,
+            self.head_at - started,
+            now - started,
+            now,
+            conn,
+            reusable and self.body_done and not self.pending,
+        )
+        client.exchange_finished(self, now)
+
+    def tunnel_started(self, conn: UpstreamProtocol, rest: bytes) -> None:
+        """After a 101: the two connections become a byte tunnel until either closes."""
+        client = self.client
+        self.response_read()  # the 101 head
+        self.state = DONE
+        conn.start_tunnel(client.transport)
+        client.start_tunnel(conn.transport)
+        if rest:
+            client.transport.write(rest)
+
+    def tunnel_ended(self, now: float) -> None:
+        self.end_attempt(OK, now)
+        if self.route.log:
+            self.run_log()
 
     # -- plugins -----------------------------------------------------------------------
 
@@ -323,7 +787,7 @@ class Exchange:
                     self.answer(outcome)
                 else:
                     # Only a plugin that needs I/O returns an awaitable: the one Task it costs.
-                    task = self.client.worker.loop.create_task(outcome)
+                    task = self.client.loop.create_task(outcome)
                     task.add_done_callback(partial(self.resumed, index + 1))
                 return True
         except Exception:
@@ -332,22 +796,6 @@ class Exchange:
             return True
         self.add_identity()
         return False
-
-    def add_identity(self) -> None:
-        """The identity headers of an authenticated request (a client's own were dropped)."""
-        if self.consumer is not None:
-            self.fwd += self.consumer.head
-        if self.subject is not None:
-            self.fwd += (b"X-Auth-Subject", b": ", self.subject, b"\r\n")
-        if self.scopes is not None:
-            self.fwd += (b"X-Auth-Scopes", b": ", self.scopes, b"\r\n")
-
-    def certified(self, subjects: tuple[str, ...]) -> None:
-        """A verified client certificate (mTLS) authenticates the request."""
-        by_subject = self.runtime.consumers.by_mtls_subject
-        identity = next((by_subject[s] for s in subjects if s in by_subject), None)
-        subject = subjects[0].encode()
-        self.authenticated(identity, subject if UNSAFE.isdisjoint(subject) else None)
 
     def resumed(self, position: int, task: Any) -> None:
         """A plugin's I/O finished: answer, or carry on with the next hook."""
@@ -387,6 +835,27 @@ class Exchange:
             except Exception:
                 log.exception("plugin error in a response hook on route %s", self.route.name)
 
+    def run_body_hooks(self, data: bytes, last: bool) -> bytes:
+        """The route's body hooks in turn; a failing one leaves a response that cannot be
+        completed correctly, so the client connection is reset."""
+        try:
+            for hook in self.route.body:
+                data = hook(self, data, last)
+        except Exception:
+            log.exception("plugin error in a body hook on route %s", self.route.name)
+            self.client_failed()
+            return b""
+        return data
+
+    def response_tail(self) -> None:
+        """What the body hooks still hold at the end of the body."""
+        data = self.run_body_hooks(b"", True)
+        if data:
+            if self.body_mode == BODY_RAW:
+                self.out.append(data)
+            else:
+                self.out += chunk(data)
+
     def run_log(self) -> None:
         if not self.logged:
             self.logged = True
@@ -395,254 +864,6 @@ class Exchange:
                     hook(self)
                 except Exception:
                     log.exception("plugin error while logging on route %s", self.route.name)
-
-    # The request as plugins see it.
-
-    def header(self, kind: int) -> bytes | None:
-        """The first value of a header a plugin watches (`Build.watch` gave the kind)."""
-        for field_kind, _, value in self.special:
-            if field_kind == kind:
-                return value
-        return None
-
-    def header_values(self, kind: int) -> list[bytes]:
-        return [value for field_kind, _, value in self.special if field_kind == kind]
-
-    def remove_header(self, lower_name: bytes) -> None:
-        """Do not forward this header upstream (e.g. a credential)."""
-        self.fwd = drop_named(self.fwd, {lower_name})
-
-    def query_param(self, name: bytes) -> bytes | None:
-        """The first value of a query parameter, percent-decoded."""
-        if self.query is None:
-            return None
-        for pair in self.query.split(b"&"):
-            key, _sep, value = pair.partition(b"=")
-            if key == name:
-                return unquote_to_bytes(value.replace(b"+", b" "))
-        return None
-
-    def client_address(self) -> Address | None:
-        """The client's address: the peer, or behind trusted proxies the forwarded one."""
-        if self.address is _UNSET:
-            self.address = real_client(
-                parse_address(self.client.peer), self.xff, self.runtime.trusted
-            )
-        return self.address
-
-    def authenticated(
-        self, identity: Identity | None, subject: bytes | None = None, scopes: bytes | None = None
-    ) -> None:
-        """An authentication plugin identified the caller (the first one to do so wins)."""
-        if self.consumer is None and self.subject is None:
-            self.consumer = identity
-            self.subject = subject
-            self.scopes = scopes
-
-    def header_pairs(self) -> list[tuple[bytes, bytes]]:
-        """The request's fields as (name, value) pairs, rebuilt for header-matching routes."""
-        fwd = self.fwd
-        pairs = [(fwd[i], fwd[i + 2]) for i in range(0, len(fwd), 4)]
-        if self.host is not None:
-            pairs.append((b"Host", self.host))
-        return pairs + [(name, value) for _, name, value in self.special]
-
-    def head_for(self, endpoint: Endpoint) -> bytes:
-        """The request head for the upstream, in one bytes object."""
-        path = self.path if self.depth < 0 else strip_prefix(self.path, self.depth)
-        if self.query is not None:
-            path = path + b"?" + self.query
-        if self.route.preserve_host and self.host:
-            parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", self.host, b"\r\n", *self.fwd]
-        else:
-            parts = [self.method, b" ", path, endpoint.host_line, *self.fwd]
-        client = self.client
-        if self.xff is None:
-            parts.append(client.forwarded)  # PERF: built once per connection
-        else:
-            parts += (b"X-Forwarded-For: ", self.xff, b", ", client.peer, client.site.proto_line)
-        if self.host is not None:
-            parts += (
-                b"X-Forwarded-Host: ",
-                self.host,
-                b"\r\nX-Request-ID: ",
-                self.request_id,
-                b"\r\n",
-            )
-        else:
-            parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
-        if self.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        elif self.content_length >= 0:
-            parts.append(b"Content-Length: %d\r\n" % self.content_length)
-        if self.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
-    def dispatch(self, endpoint: Endpoint) -> None:
-        conn = endpoint.acquire()
-        if conn is not None:
-            self.attach(conn)
-        else:
-            self.state = CONNECTING
-            endpoint.dial(self, self.route.group.connect_timeout)
-
-    def attach(self, conn: UpstreamProtocol) -> None:
-        client = self.client
-        self.conn = conn
-        self.state = SENDING
-        conn.dispatch(self, client.worker.loop.time(), self.route.group.read_timeout)
-        if client.write_paused:
-            conn.transport.pause_reading()
-        if not client.in_feed:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send what is pending to the attached upstream connection in one write."""
-        pending = self.pending
-        if not pending or self.conn is None:
-            return
-        self.pending = []
-        self.conn.transport.writelines(pending)
-        sent = self.sent
-        if sent is not None:
-            sent += pending
-        if self.pending_bytes:  # body bytes went out (not only the head)
-            if sent is not None:
-                self.sent_bytes += self.pending_bytes
-                if self.sent_bytes > REPLAY_LIMIT:
-                    self.sent = None
-            if self.pending_bytes > BUFFER_LIMIT:
-                self.client.resume_reading_for_buffer()
-            self.pending_bytes = 0
-
-    def request_body(self, data: bytes) -> None:
-        self.body_bytes += len(data)
-        if self.discard or self.state == DONE:
-            return
-        if self.body_bytes > self.client.max_body:
-            self.body_too_large()
-            return
-        if self.chunked:
-            self.pending += chunk(data)
-        else:
-            self.pending.append(data)
-        self.pending_bytes += len(data)
-        if self.conn is None and self.pending_bytes > BUFFER_LIMIT:
-            self.client.pause_reading_for_buffer()
-
-    def request_trailer(self, name: bytes, value: bytes) -> None:
-        if self.trailers is None:
-            self.trailers = []
-        self.trailers.append((name, value))
-
-    def request_complete(self) -> None:
-        self.body_done = True
-        if self.discard or self.state == DONE:
-            if self.discard:
-                self.client.exchange_finished(self)
-            return
-        if self.chunked:
-            self.pending.append(last_chunk(self.trailers))
-
-    def body_too_large(self) -> None:
-        self.close_after = True
-        if self.state == RESPONDING:
-            self.client.abort()
-            return
-        self.drop_upstream()
-        self.local_error(413, "request body too large")
-
-    # -- upstream side -------------------------------------------------------------------
-
-    def connected(self, conn: UpstreamProtocol) -> None:
-        if self.state != CONNECTING:
-            conn.endpoint.release(conn, conn.endpoint.loop.time())  # fresh and unused: keep it
-            return
-        self.attach(conn)
-
-    def connect_failed(self, endpoint: Endpoint, why: str) -> None:
-        if self.state != CONNECTING:
-            return
-        log.warning("upstream %s: connect %s (route %s)", endpoint.label, why, self.route.name)
-        if self.tried is None:
-            self.tried = []
-        self.tried.append(endpoint)
-        following = self.route.group.balancer.pick(self.tried)
-        if following is not None:
-            if not self.route.preserve_host or self.host is None:
-                self.pending[0] = self.head_for(following)
-            self.dispatch(following)
-        elif why == "timeout":
-            self.local_error(504, "upstream connect timed out")
-        else:
-            self.local_error(502, "upstream refused the connection")
-
-    def response_started(self) -> None:
-        self.state = RESPONDING
-        self.sent = None
-
-    def response_complete(self, conn: UpstreamProtocol, reusable: bool) -> None:
-        self.conn = None
-        if reusable and self.body_done and not self.pending:
-            conn.endpoint.release(conn, conn.last_io)  # PERF: the loop's time, read already
-        else:
-            conn.transport.close()
-        self.state = DONE
-        self.client.exchange_finished(self)
-
-    def upstream_failed(self, conn: UpstreamProtocol, why: str) -> None:
-        """The connection failed before the response ended: retry, or answer 502/504."""
-        self.conn = None
-        if self.state == RESPONDING:
-            log.warning(
-                "upstream %s: %s during the response (route %s)",
-                conn.endpoint.label,
-                why,
-                self.route.name,
-            )
-            self.state = DONE
-            self.client.abort()
-            return
-        if self.state == DONE:
-            return
-        if (
-            why in ("reset", "closed")
-            and conn.reused
-            and conn.received == 0
-            and self.sent is not None
-            and self.attempt == 0
-        ):
-            # A pooled connection the upstream had closed: send again on a fresh one.
-            self.attempt = 1
-            self.pending = self.sent + self.pending
-            self.pending_bytes += self.sent_bytes
-            self.sent = []
-            self.sent_bytes = 0
-            self.state = CONNECTING
-            conn.endpoint.dial(self, self.route.group.connect_timeout)
-            return
-        log.warning("upstream %s: %s (route %s)", conn.endpoint.label, why, self.route.name)
-        self.close_after = self.close_after or not self.body_done
-        if why == "timeout":
-            self.local_error(504, "upstream timed out")
-        elif why == "invalid":
-            self.local_error(502, "invalid response from upstream")
-        else:
-            self.local_error(502, "upstream closed the connection")
-
-    def drop_upstream(self) -> None:
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.abort()
-
-    def client_gone(self) -> None:
-        self.drop_upstream()
-        self.state = DONE
-        if self.route is not None and self.route.log:
-            self.run_log()
 
     # -- local replies -----------------------------------------------------------------
 
@@ -654,11 +875,12 @@ class Exchange:
     def local_reply(
         self, status: int, body: bytes, content_type: bytes, extra: bytes = b""
     ) -> None:
+        discard = False
         if not self.body_done and not self.close_after:
             if self.expect or self.state != WAITING:
                 self.close_after = True
             else:
-                self.discard = True  # read and drop the body, keep the connection
+                discard = self.discard = True  # read and drop the body, keep the connection
         client = self.client
         route = self.route
         request_id = self.request_id
@@ -684,5 +906,5 @@ class Exchange:
         )
         self.state = DONE
         self.pending = []
-        if not self.discard:
-            client.exchange_finished(self)
+        if not discard:
+            client.exchange_finished(self, client.loop.time())

@@ -92,6 +92,11 @@ class Plugin:
     - `on_response(self, ex, status, head) -> None`: `head` is the response head's field list
       (pieces `name, b": ", value, b"\\r\\n"`); append to it, or replace items in place. It runs
       for every response on the route, the gateway's own replies included.
+    - `on_response_body(self, ex, data, last) -> bytes`: each piece of an upstream response's
+      body as it passes (after `on_response`), then once more with `data=b""` and `last=True`
+      at its end; what it returns goes on instead (b"" to hold it back). Synchronous. A
+      plugin whose hook keeps every body's length sets `changes_length = False`, so that the
+      upstream's `Content-Length` is kept.
     - `on_log(self, ex) -> None`: once the exchange is over (`ex.status` is what was sent).
     """
 
@@ -99,6 +104,7 @@ class Plugin:
     phase: ClassVar[Phase] = Phase.TRANSFORMATION
     priority: ClassVar[int] = 0  # higher runs earlier within a phase
     Config: ClassVar[type] = NoConfig
+    changes_length: ClassVar[bool] = True  # see on_response_body
 
     def __init__(self, config: Any, build: Build) -> None:
         self.config = config

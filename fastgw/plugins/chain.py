@@ -17,11 +17,16 @@ from .registry import PLUGINS
 class Chain:
     """The bound hooks of one route."""
 
-    __slots__ = ("access", "log", "response")
+    __slots__ = ("access", "body", "log", "reframe", "response")
 
     def __init__(self, plugins: list[Plugin]) -> None:
         self.access = tuple(p.on_request for p in plugins if hasattr(p, "on_request"))
         self.response = tuple(p.on_response for p in reversed(plugins) if hasattr(p, "on_response"))
+        bodied = [p for p in reversed(plugins) if hasattr(p, "on_response_body")]
+        self.body = tuple(p.on_response_body for p in bodied)
+        # A body hook that may change the body's length: responses are sent chunked (or
+        # close-delimited to HTTP/1.0 clients) instead of with the upstream's Content-Length.
+        self.reframe = any(p.changes_length for p in bodied)
         self.log = tuple(p.on_log for p in plugins if hasattr(p, "on_log"))
 
 

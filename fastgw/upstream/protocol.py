@@ -1,9 +1,12 @@
-"""UpstreamProtocol: one connection to an upstream; relays each response to the client.
+"""UpstreamProtocol: one connection to an upstream; parses responses and hands them on.
 
-It parses responses with httptools, rewrites the head for the client (hop-by-hop fields out,
-framing chosen for the client's HTTP version), and streams the body. Output produced while
-parsing one read is sent in one `writelines`. One timer per connection serves both the read
-timeout (while busy) and the idle timeout (while pooled); it is re-armed only when it fires.
+It parses each response with httptools, drops its hop-by-hop fields, and hands the head, the
+body pieces and the end to the exchange it serves (its `Receiver`); it never writes to the
+client. While it serves an exchange, one deadline bounds the attempt: it runs from the last
+progress in either direction (request bytes sent, response bytes received) for the routed
+upstream's read timeout, and stands still while the gateway itself has paused reading (a slow
+client). While pooled, the same timer enforces the idle timeout. It is re-armed only when it
+fires, or when a new attempt needs an earlier deadline than the one pending.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from httptools import (
     HttpParserCallbackError,
@@ -28,70 +31,108 @@ from ..http.headers import (
     R_UPGRADE,
     RESPONSE_KINDS,
     RESPONSE_KINDS_SENT,
-    STATUS_LINES,
     UNLISTED,
-    chunk,
     connection_tokens,
     drop_named,
-    last_chunk,
 )
-
-if TYPE_CHECKING:
-    from .pool import Endpoint
+from .outcomes import INVALID, RESET, TIMEOUT
 
 log = logging.getLogger("fastgw.upstream")
 
-# How the body goes to the client.
-BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_SWITCHING = range(4)
+# How the upstream frames the response body.
+FRAMED_BY_LENGTH, FRAMED_BY_CHUNKS, FRAMED_BY_CLOSE = range(3)
+
+
+class Receiver(Protocol):
+    """What the connection hands a response to (the exchange)."""
+
+    def response_head(self, status: int, fields: list[bytes], framing: int, now: float) -> bool:
+        """The head; True when no body follows although the framing says one might (HEAD)."""
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_read(self) -> None:
+        """One read from the upstream has been handed over (send what it produced)."""
+
+    def response_end(
+        self,
+        conn: UpstreamProtocol,
+        reusable: bool,
+        trailers: list[tuple[bytes, bytes]] | None,
+        now: float,
+    ) -> None: ...
+
+    def upstream_failed(self, conn: UpstreamProtocol, outcome: str, now: float) -> None: ...
+
+    def upstream_write_paused(self) -> None: ...
+
+    def upstream_write_resumed(self) -> None: ...
+
+    def tunnel_started(self, conn: UpstreamProtocol, rest: bytes) -> None: ...
+
+    def tunnel_ended(self, now: float) -> None: ...
+
+    def waiting_on_client(self) -> bool:
+        """The request is not all sent and nothing is left to send: the client is slow."""
+
+
+class Owner(Protocol):
+    """The pool a connection belongs to (its host)."""
+
+    loop: Any
+
+    def forget(self, conn: UpstreamProtocol) -> None: ...
 
 
 class UpstreamProtocol(asyncio.Protocol):
     __slots__ = (
-        "body_mode",
         "close_delimited",
-        "endpoint",
         "exchange",
+        "fields",
         "has_length",
         "idle_since",
         "idle_timeout",
         "in_head",
-        "last_io",
-        "out",
+        "loop",
+        "owner",
         "parser",
-        "parts",
+        "paused_at",
+        "progress",
         "read_timeout",
         "received",
         "reused",
         "special",
         "timer",
+        "timer_due",
         "trailers",
         "transport",
         "tunnel",
         "upgrade",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
+        self.loop = owner.loop
         self.transport: Any = None
         self.parser = HttpResponseParser(self)
-        self.exchange: Any = None
-        self.parts: list[bytes] = []  # forwarded fields of the response head, as pieces
+        self.exchange: Any = None  # the Receiver served now
+        self.fields: list[bytes] = []  # forwarded fields of the head being parsed, as pieces
         self.special: list[tuple[int, bytes, bytes]] = []  # hop-by-hop (kind, name, value)
         self.has_length = False  # the head being parsed has a Content-Length
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.reused = False
         self.received = 0
         self.in_head = True
-        self.body_mode = BODY_NONE
         self.close_delimited = False
         self.upgrade = b""
-        self.out: list[bytes] = []
         self.tunnel: Any = None
         self.timer: asyncio.TimerHandle | None = None
-        self.last_io = 0.0
+        self.timer_due = 0.0
+        self.progress = 0.0  # the attempt's last progress, either way
+        self.read_timeout = 0.0
+        self.paused_at = 0.0  # when the gateway paused reading (a slow client); 0: not paused
         self.idle_since = 0.0
-        self.read_timeout = 30.0
-        self.idle_timeout = endpoint.idle_timeout
+        self.idle_timeout = 0.0
 
     # -- connection events -------------------------------------------------------------
 
@@ -106,53 +147,54 @@ class UpstreamProtocol(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         exchange = self.exchange
+        if exchange is None:
+            self.owner.forget(self)
+            return
+        self.exchange = None
+        now = self.loop.time()
         if self.tunnel is not None:
             self.tunnel.close()
-        elif exchange is None:
-            self.endpoint.forget(self)
-        elif self.close_delimited and not self.in_head:
-            self._end_of_response(reusable=False)
+            exchange.tunnel_ended(now)
+        elif self.close_delimited and not self.in_head and exc is None:
+            self.close_delimited = False
+            self.in_head = True
+            exchange.response_end(self, False, None, now)
         else:
-            self.exchange = None
-            exchange.upstream_failed(self, "reset" if exc else "closed")
+            exchange.upstream_failed(self, RESET, now)
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.pause_reading_for_peer()
+            self.exchange.upstream_write_paused()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.resume_reading_for_peer()
+            self.exchange.upstream_write_resumed()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             self.transport.close()  # bytes on an idle connection: it is out of sync
             return
         self.received += len(data)
-        self.last_io = self.endpoint.loop.time()
+        self.progress = self.loop.time()
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
-            self._start_tunnel(data[upgrade.args[0] :])
+            exchange.tunnel_started(self, data[upgrade.args[0] :])
+            return
         except HttpParserError as exc:
             if isinstance(exc, HttpParserCallbackError):
                 log.error("internal error while relaying a response", exc_info=exc.__context__)
-            exchange = self.exchange
-            if exchange is not None:
+            if self.exchange is not None:
                 self.exchange = None
                 self.transport.close()
-                exchange.upstream_failed(self, "invalid")
+                exchange.upstream_failed(self, INVALID, self.progress)
             return
-        if self.out:
-            self._flush()
-
-    def _flush(self) -> None:
-        out = self.out
-        self.out = []
-        self.exchange.client.transport.writelines(out)
+        if self.exchange is not None:
+            exchange.response_read()
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -165,9 +207,9 @@ class UpstreamProtocol(asyncio.Protocol):
             if kind is UNLISTED:
                 kind = RESPONSE_KINDS.get(name.lower())
             if kind is None:
-                self.parts += (name, b": ", value, b"\r\n")
+                self.fields += (name, b": ", value, b"\r\n")
             elif kind == R_CONTENT_LENGTH:
-                self.parts += (name, b": ", value, b"\r\n")  # forwarded; it frames the body
+                self.fields += (name, b": ", value, b"\r\n")  # forwarded; it frames the body
                 self.has_length = True
             else:
                 self.special.append((kind, name, value))
@@ -178,51 +220,29 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        parts = self.parts
-        self.parts = []
-        has_length = self.has_length
+        fields = self.fields
+        self.fields = []
+        framing = FRAMED_BY_LENGTH if self.has_length else FRAMED_BY_CLOSE
         self.has_length = False
-        chunked = False
         if self.special:
-            parts, chunked = self._hop_by_hop(parts)
-        if status < 200 and status != 101:
+            fields, chunked = self._hop_by_hop(fields, status)
+            if chunked:
+                framing = FRAMED_BY_CHUNKS
+        if status < 200:
+            if status == 101:  # the tunnel starts when the parser stops at the upgrade
+                self.exchange.response_head(101, fields, FRAMED_BY_CLOSE, self.progress)
             return  # an interim response (100, 103): dropped, as nginx does
-        exchange = self.exchange
-        exchange.response_started()
         self.in_head = False
-        exchange.status = status
-        if exchange.route.response:
-            exchange.run_response_hooks(status, parts)
-        if status == 101:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
-            self.body_mode = BODY_SWITCHING
-        else:
-            if exchange.is_head or status == 204 or status == 304:
-                self.body_mode = BODY_NONE
-            elif has_length:
-                self.body_mode = BODY_RAW
-            else:
-                self.close_delimited = not chunked  # else the body ends when the upstream closes
-                if exchange.http11:
-                    parts.append(b"Transfer-Encoding: chunked\r\n")
-                    self.body_mode = BODY_CHUNKED
-                else:
-                    self.body_mode = BODY_RAW
-                    exchange.close_after = True  # an HTTP/1.0 client: the body ends at close
-            if exchange.close_after:
-                parts.append(b"Connection: close\r\n")
-            elif not exchange.http11:
-                parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self.out.append(STATUS_LINES[status] + b"".join(parts))
-        if exchange.is_head and status != 101:
+        if framing == FRAMED_BY_CLOSE:
+            self.close_delimited = True  # the body ends when the upstream closes
+        if self.exchange.response_head(status, fields, framing, self.progress):
             # PERF: httptools cannot be told that a response answers HEAD; it would wait for a
             # body. The response ends here and a fresh parser takes the next one.
             reusable = self.parser.should_keep_alive()
             self.parser = HttpResponseParser(self)
-            self._end_of_response(reusable)
+            self._end(reusable)
 
-    def _hop_by_hop(self, parts: list[bytes]) -> tuple[list[bytes], bool]:
+    def _hop_by_hop(self, fields: list[bytes], status: int) -> tuple[list[bytes], bool]:
         """Apply the head's hop-by-hop fields (none are forwarded): drop the fields named in
         `Connection`, keep `Upgrade` for a 101; True when the body is chunked."""
         special = self.special
@@ -236,95 +256,110 @@ class UpstreamProtocol(asyncio.Protocol):
                 extra = connection_tokens(value) - CONNECTION_OPTIONS
                 if extra:
                     named = extra if named is None else named | extra
-            elif kind == R_UPGRADE:
+            elif kind == R_UPGRADE and status == 101:
                 self.upgrade = value
-        return (drop_named(parts, named) if named else parts), chunked
+        if named:
+            fields = drop_named(fields, named)
+        if status == 101:
+            fields += (b"Upgrade: ", self.upgrade, b"\r\n")
+        return fields, chunked
 
     def on_body(self, data: bytes) -> None:
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             self.transport.close()  # a body after a HEAD response: out of sync
             return
-        if self.body_mode == BODY_RAW:
-            self.out.append(data)
-        elif self.body_mode == BODY_CHUNKED:
-            self.out += chunk(data)
+        exchange.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self.exchange is None or self.in_head or self.body_mode == BODY_SWITCHING:
-            return  # an interim response, after HEAD, or a 101 whose tunnel starts next
-        self._end_of_response(self.parser.should_keep_alive())
+        if self.exchange is None or self.in_head:
+            return  # an interim response, or after HEAD
+        self._end(self.parser.should_keep_alive())
 
-    def _end_of_response(self, reusable: bool) -> None:
-        if self.body_mode == BODY_CHUNKED:
-            self.out.append(last_chunk(self.trailers))
-        if self.out:
-            self._flush()
+    def _end(self, reusable: bool) -> None:
         exchange = self.exchange
         self.exchange = None
         self.in_head = True
-        self.trailers = None
         self.close_delimited = False
-        exchange.response_complete(self, reusable)
+        trailers = self.trailers
+        self.trailers = None
+        exchange.response_end(self, reusable, trailers, self.progress)
 
-    def _start_tunnel(self, rest: bytes) -> None:
-        """After a 101: the exchange hands both transports over to a byte tunnel."""
-        if self.out:
-            self._flush()
-        exchange = self.exchange
-        self.exchange = None
-        client = exchange.client
-        self.tunnel = client.transport
-        client.start_tunnel(self, exchange)
-        if rest:
-            self.tunnel.write(rest)
+    # -- driven by the exchange and the pool -------------------------------------------------
 
-    # -- lifecycle driven by the exchange and the pool ---------------------------------------
-
-    def dispatch(self, exchange: Any, now: float, read_timeout: float) -> None:
-        """Bind to an exchange; the read timeout runs from now."""
+    def dispatch(self, exchange: Receiver, now: float, read_timeout: float) -> None:
+        """Serve an exchange; its deadline runs from now for its upstream's read timeout."""
         self.exchange = exchange
         self.received = 0
-        self.last_io = now
+        self.progress = now
         self.read_timeout = read_timeout
-        if self.timer is None:
-            self.timer = self.endpoint.loop.call_at(now + self.tick(), self._on_timer)
+        due = now + read_timeout
+        # PERF: the pending timer is kept when it fires first anyway (it re-arms for the rest).
+        if self.timer is None or self.timer_due > due:
+            self._arm(due)
 
     def park(self, now: float, idle_timeout: float) -> None:
-        """Back to the pool: the next dispatch is a reuse."""
+        """Back in the pool: the next dispatch is a reuse; closed when idle for too long."""
         self.reused = True
         self.idle_since = now
         self.idle_timeout = idle_timeout
-        if self.timer is None:
-            self.timer = self.endpoint.loop.call_at(now + self.tick(), self._on_timer)
+        due = now + idle_timeout
+        if self.timer is None or self.timer_due > due:
+            self._arm(due)
 
-    def tick(self) -> float:
-        """The longest the timer sleeps, so that neither deadline is missed."""
-        return min(self.read_timeout, self.idle_timeout)
+    def pause_reading(self, now: float) -> None:
+        """The client cannot take more: stop reading; the deadline stands still meanwhile."""
+        if not self.paused_at:
+            self.paused_at = now
+            self.transport.pause_reading()
+
+    def resume_reading(self, now: float) -> None:
+        if self.paused_at:
+            self.progress += now - self.paused_at
+            self.paused_at = 0.0
+            self.transport.resume_reading()
+
+    def sent(self, now: float) -> None:
+        """Request bytes went out: progress."""
+        self.progress = now
+
+    def start_tunnel(self, client_transport: Any) -> None:
+        """After a 101: bytes from now on go to the client as they come; the exchange stays
+        attached until the tunnel closes."""
+        self.tunnel = client_transport
 
     def abort(self) -> None:
         self.exchange = None
         if self.transport is not None:
             self.transport.abort()
 
+    def _arm(self, due: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_due = due
+        self.timer = self.loop.call_at(due, self._on_timer)
+
     def _on_timer(self) -> None:
-        # PERF: one timer per connection, never per request; it re-arms itself for the
-        # nearest deadline and never sleeps longer than the shorter of the two timeouts.
-        now = self.endpoint.loop.time()
+        now = self.loop.time()
         self.timer = None
         if self.tunnel is not None or self.transport.is_closing():
             return
         exchange = self.exchange
         if exchange is not None:
-            due = self.last_io + self.read_timeout
-            if now >= due:
-                self.exchange = None
-                self.transport.abort()
-                exchange.upstream_failed(self, "timeout")
-                return
+            if self.paused_at or exchange.waiting_on_client():
+                # Not the upstream's silence: the client is slow to read or to send.
+                due = now + self.read_timeout
+            else:
+                due = self.progress + self.read_timeout
+                if now >= due:
+                    self.exchange = None
+                    self.transport.abort()
+                    exchange.upstream_failed(self, TIMEOUT, now)
+                    return
         else:
             due = self.idle_since + self.idle_timeout
             if now >= due:
-                self.endpoint.forget(self)
+                self.owner.forget(self)
                 self.transport.close()
                 return
-        self.timer = self.endpoint.loop.call_at(min(due, now + self.tick()), self._on_timer)
+        self._arm(due)

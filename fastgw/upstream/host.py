@@ -1,0 +1,237 @@
+"""Hosts: one target of one upstream, with its pool of idle connections and its state.
+
+A host belongs to exactly one upstream and carries that upstream's per-target state: the
+requests in flight now (peak EWMA, health and breaker state join it). Every attempt on a host
+ends in one call, `Host.attempt_ended`, whatever the outcome. Hosts live in a per-worker
+registry and survive a reload when their upstream's name, their address and the TLS settings
+are unchanged; connections are never shared between upstreams, so each upstream's pool limits
+hold exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import ssl
+from typing import TYPE_CHECKING, Protocol
+
+from ..tls import client_context
+from .protocol import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from ..config.schema import Pool, Upstream
+
+log = logging.getLogger("fastgw.upstream")
+
+# Why a dial failed, as `Dialing.connect_failed` hears it.
+DIAL_TIMEOUT = "timeout"
+DIAL_REFUSED = "refused"
+DIAL_TLS = "tls"
+DIAL_NO_DESCRIPTORS = "descriptors"
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+class Dialing(Protocol):
+    """Who waits for a dial (the exchange)."""
+
+    def connected(self, host: Host, conn: UpstreamProtocol) -> None: ...
+
+    def connect_failed(self, host: Host, why: str, detail: str) -> None: ...
+
+
+class Host:
+    """One target of one upstream: a LIFO of idle connections (the warmest first), a dialer,
+    and the target's state."""
+
+    __slots__ = (
+        "address",
+        "host_line",
+        "idle",
+        "idle_timeout",
+        "in_flight",
+        "label",
+        "loop",
+        "max_idle",
+        "port",
+        "retired",
+        "tls",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        upstream: str,
+        address: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.loop = loop
+        self.upstream = upstream
+        self.address = address
+        self.port = port
+        self.tls = tls  # https: verified (unless configured off), SNI = the target's host
+        self.label = f"{'https://' if tls else ''}{address}:{port}"
+        # The end of a request line and the Host field, for heads sent to this target.
+        authority = (f"[{address}]" if ":" in address else address).encode() + b":%d" % port
+        self.host_line = b" HTTP/1.1\r\nHost: " + authority + b"\r\n"
+        self.idle: list[UpstreamProtocol] = []
+        self.max_idle = 64
+        self.idle_timeout = 60.0
+        self.in_flight = 0  # attempts started and not ended
+        self.retired = False  # no live config names it: connections close when released
+
+    def configure(self, pool: Pool) -> None:
+        """Its upstream's pool settings (at each load)."""
+        self.max_idle = pool.max_idle
+        self.idle_timeout = pool.idle_timeout
+        while len(self.idle) > self.max_idle:
+            self.idle.pop(0).transport.close()
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def attempt_ended(
+        self,
+        outcome: str,
+        connect: float,
+        head: float,
+        total: float,
+        now: float,
+        conn: UpstreamProtocol | None = None,
+        reusable: bool = False,
+    ) -> None:
+        """The one completion point of an attempt (see outcomes.py): `connect` is the time to
+        a usable connection (0 for a pooled one), `head` the time to the response head (-1 if
+        none came), `total` the attempt's duration, in seconds. `conn`, given when the response
+        ended cleanly, goes back to the pool if `reusable`."""
+        self.in_flight -= 1
+        if conn is not None:
+            if reusable:
+                self.release(conn, now)
+            else:
+                conn.transport.close()
+
+    # -- the pool ----------------------------------------------------------------------
+
+    def acquire(self) -> UpstreamProtocol | None:
+        """An idle connection that is still open, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.transport.is_closing():
+                return conn
+        return None
+
+    def release(self, conn: UpstreamProtocol, now: float) -> None:
+        """Keep a connection whose last exchange ended cleanly, if there is room."""
+        if len(self.idle) < self.max_idle and not self.retired and not conn.transport.is_closing():
+            conn.park(now, self.idle_timeout)
+            self.idle.append(conn)
+        else:
+            conn.transport.close()
+
+    def forget(self, conn: UpstreamProtocol) -> None:
+        """An idle connection closed or expired: take it out of the pool."""
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().transport.close()
+
+    def dial(self, requester: Dialing, timeout: float) -> None:
+        """Open a new connection; report to `requester.connected` or `.connect_failed`."""
+        loop = self.loop
+        task = loop.create_task(
+            loop.create_connection(
+                lambda: UpstreamProtocol(self),
+                self.address,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.address if self.tls is not None else None,
+            )
+        )
+        timer = loop.call_later(timeout, task.cancel)
+
+        def done(task: asyncio.Task) -> None:
+            timer.cancel()
+            if task.cancelled():
+                requester.connect_failed(self, DIAL_TIMEOUT, f"no connection within {timeout:g}s")
+                return
+            exc = task.exception()
+            if exc is None:
+                requester.connected(self, task.result()[1])
+            elif isinstance(exc, ssl.SSLError):
+                requester.connect_failed(self, DIAL_TLS, str(exc))
+            elif isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS:
+                requester.connect_failed(self, DIAL_NO_DESCRIPTORS, str(exc))
+            else:
+                requester.connect_failed(self, DIAL_REFUSED, str(exc))
+
+        task.add_done_callback(done)
+
+
+# A host's key: its upstream, its address, and for https the TLS settings (CA file, verify).
+HostKey = tuple[str, str, int, tuple[str | None, bool] | None]
+
+
+class Hosts:
+    """The hosts of one worker, by key; reloads keep those whose key is unchanged."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.hosts: dict[HostKey, Host] = {}
+        # TLS client contexts of the load in progress, one per (CA file, verify): CA files are
+        # read again at each load; connections already open keep the context they made.
+        self.contexts: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+
+    def host(self, upstream_name: str, url: tuple[str, str, int], upstream: Upstream) -> Host:
+        """The host for one target of an upstream, configured with the upstream's settings."""
+        scheme, address, port = url
+        tls = (upstream.ca, upstream.tls_verify) if scheme == "https" else None
+        context = None
+        if tls is not None:
+            context = self.contexts.get(tls)
+            if context is None:
+                context = self.contexts[tls] = client_context(*tls)
+        key = (upstream_name, address, port, tls)
+        host = self.hosts.get(key)
+        if host is None:
+            host = self.hosts[key] = Host(self.loop, upstream_name, address, port, context)
+        host.tls = context
+        host.configure(upstream.pool)
+        return host
+
+    def retain(self, used: set[Host]) -> None:
+        """End a load: retire the hosts it did not name (their idle connections close, those in
+        use close when released)."""
+        self.contexts = {}
+        for key, host in list(self.hosts.items()):
+            if host not in used:
+                del self.hosts[key]
+                host.retired = True
+                host.close_idle()
+
+    def close_all(self) -> None:
+        for host in self.hosts.values():
+            host.close_idle()
+
+    def find(self, upstream_name: str, address: str, port: int) -> Host | None:
+        """The host of one target (for tests and the admin views)."""
+        for key, host in self.hosts.items():
+            if key[:3] == (upstream_name, address, port):
+                return host
+        return None
+
+
+def describe_dial_failure(why: str) -> tuple[int, str]:
+    """The status and message a client gets when the last dial failed this way."""
+    if why == DIAL_TIMEOUT:
+        return 504, "upstream connect timed out"
+    if why == DIAL_TLS:
+        return 502, "upstream TLS handshake failed"
+    if why == DIAL_NO_DESCRIPTORS:
+        return 503, "gateway out of file descriptors"
+    return 502, "upstream refused the connection"
