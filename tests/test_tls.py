@@ -47,6 +47,7 @@ def pki(tmp_path_factory):
     server_ca, client_ca, rogue_ca = trustme.CA(), trustme.CA(), trustme.CA()
     client_ca.cert_pem.write_to_path(str(directory / "clients-ca.pem"))
     server_ca.cert_pem.write_to_path(str(directory / "server-ca.pem"))
+    rogue_ca.cert_pem.write_to_path(str(directory / "rogue-ca.pem"))
     return {
         "dir": directory,
         "server_ca": server_ca,
@@ -97,6 +98,7 @@ def tls_gw(upstream, tls_upstream, pki):
             "verified": {"targets": [{"url": https}], "ca": str(pki["dir"] / "server-ca.pem")},
             "system": {"targets": [{"url": https}]},
             "unverified": {"targets": [{"url": https}], "tls_verify": False},
+            "rogue": {"targets": [{"url": https}], "ca": str(pki["dir"] / "rogue-ca.pem")},
             "named": {
                 "targets": [{"url": https.replace("127.0.0.1", "localhost")}],
                 "ca": str(pki["dir"] / "server-ca.pem"),
@@ -105,7 +107,7 @@ def tls_gw(upstream, tls_upstream, pki):
     )
     config["routes"] = [
         {"name": name, "match": {"paths": [f"/{name}/*"]}, "upstream": name}
-        for name in ("verified", "system", "unverified", "named")
+        for name in ("verified", "system", "unverified", "named", "rogue")
     ] + config["routes"]
     gw = Gateway(pki["dir"], config).start()
     gw.ports = ports
@@ -210,6 +212,19 @@ def test_https_upstreams_verify_and_pool(tls_gw, tls_upstream):
     assert named.status == 200 and named.json()["sni"] == "localhost"  # SNI is the target's host
     assert first["sni"] is None  # no SNI for an IP address (RFC 6066), verified against its IP SAN
     assert "certificate verify failed" in tls_gw.log() or "refused" in tls_gw.log()
+
+
+def test_upstreams_on_one_https_target_keep_their_own_verification(tls_gw):
+    """One upstream does not verify, another verifies against a CA that did not sign the
+    target's certificate: the second fails whatever the first did, in either order."""
+    for _ in range(2):
+        with Client(tls_gw.port) as client:
+            assert client.request("GET", "/unverified/a").status == 200
+            refused = client.request("GET", "/rogue/a")
+            assert refused.status == 502
+            assert refused.json()["error"] == "upstream TLS handshake failed"
+            assert client.request("GET", "/rogue/b").status == 502
+            assert client.request("GET", "/unverified/b").status == 200
 
 
 def test_certificates_reload_on_sighup(tls_gw, pki):
