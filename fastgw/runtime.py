@@ -67,7 +67,16 @@ BASE_HEADER_KINDS = by_sent_name(REQUEST_KINDS)
 
 
 class Runtime:
-    __slots__ = ("consumers", "header_kinds", "limits", "plugins", "router", "timeouts", "trusted")
+    __slots__ = (
+        "consumers",
+        "encoded_slash",
+        "header_kinds",
+        "limits",
+        "plugins",
+        "router",
+        "timeouts",
+        "trusted",
+    )
 
     def __init__(
         self,
@@ -78,8 +87,10 @@ class Runtime:
         trusted: Networks | None = None,
         plugins: list[Any] | None = None,
         consumers: ConsumerIndex | None = None,
+        encoded_slash: str = "reject",
     ) -> None:
         self.router = router
+        self.encoded_slash = encoded_slash  # server.paths.encoded_slash
         self.consumers = consumers or ConsumerIndex(())
         self.limits = limits
         self.timeouts = timeouts
@@ -127,6 +138,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
         Networks(config.server.trusted_proxies),
         chains.plugins(),
         consumers,
+        config.server.paths.encoded_slash,
     )
 
 

@@ -25,6 +25,7 @@ from .fields import (
     join,
     list_of,
     mapping_of,
+    one_of,
     optional,
     record,
     size,
@@ -95,6 +96,12 @@ class ServerTimeouts:
     drain: float = spec(duration, 30.0)
 
 
+@dataclass(frozen=True)
+class Paths:
+    # `%2F` / `%5C` in a path: 400, decoded to `/` / `\\`, or matched and forwarded as sent.
+    encoded_slash: str = spec(one_of("reject", "decode", "keep"), "reject")
+
+
 def workers(value: Any, path: str, errors: Errors) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
@@ -110,6 +117,7 @@ class Server:
     admin: tuple[str, int] | None = spec(address, None)
     limits: Limits = spec(record(Limits), factory=Limits)
     timeouts: ServerTimeouts = spec(record(ServerTimeouts), factory=ServerTimeouts)
+    paths: Paths = spec(record(Paths), factory=Paths)
     trusted_proxies: tuple[Network, ...] = spec(list_of(network), ())
     plugin_modules: tuple[str, ...] = spec(
         list_of(string(pattern=r"[A-Za-z_][\w.]*", hint="a Python module name")), ()

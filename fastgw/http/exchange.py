@@ -51,7 +51,7 @@ from .headers import (
     drop_named,
     last_chunk,
 )
-from .paths import NEEDS_NORMALISING, normalise
+from .paths import NEEDS_NORMALISING, PathError, normalise
 from .replies import CONTINUE, error_body, reply
 from .view import UNSET, RequestView
 
@@ -276,7 +276,7 @@ class Exchange(RequestView):
         return connection_field
 
     def target_from(self, url: bytes) -> None:
-        """Split the request target into path and query; normalise dot segments and slashes."""
+        """Split the request target into path and query; normalise the path (paths.py)."""
         if url[:1] == b"/":
             path, mark, query = url.partition(b"?")
             if not mark:
@@ -305,15 +305,16 @@ class Exchange(RequestView):
             else:
                 self.refuse(400, "invalid request target")
             return
-        # PERF: one regex search (3x faster than three `in` tests); most paths are clean.
-        if NEEDS_NORMALISING(path) is not None:
-            normal = normalise(path)
-            if normal is None:
-                self.refuse(400, "invalid path")
-                normal = b"/"
-            path = normal
-        self.path = self.match_path = path
         self.query = query
+        # PERF: one regex search (3x faster than three `in` tests); most paths are clean.
+        if NEEDS_NORMALISING(path) is None:
+            self.path = self.match_path = path
+            return
+        try:
+            self.match_path, self.path = normalise(path, self.runtime.encoded_slash)
+        except PathError as exc:
+            self.path = self.match_path = b"/"
+            self.refuse(400, str(exc))
 
     def refuse(self, status: int, message: str) -> None:
         """Mark the request to be answered with an error when its turn comes (first one wins)."""
