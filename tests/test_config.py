@@ -54,7 +54,7 @@ def test_every_error_is_reported_at_once_with_its_path():
     }
     errors = errors_of(document)
     expected = [
-        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, trusted_proxies, plugin_modules)",
+        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, paths, trusted_proxies, plugin_modules)",
         'server.workers: expected an integer >= 1 or "auto", got 0',
         "server.limits.max_body_bytes: expected a size such as 16384, 16KiB or 10MiB, got '10MB'",
         "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h or plain seconds, got '5 minutes'",
@@ -145,6 +145,7 @@ def test_units():
                     "timeouts": {"read": "1h", "connect": 0.5},
                 }
             },
+            "routes": [{"match": {"paths": ["/*"]}, "upstream": "u"}],
         }
     )
     assert config.server.timeouts.client_header == 0.25
@@ -162,7 +163,8 @@ def test_listen_forms_and_workers_auto():
             "server": {
                 "listen": ["127.0.0.1:1", {"address": "[::1]:2"}, "0.0.0.0:3"],
                 "workers": "auto",
-            }
+            },
+            **GOOD,
         }
     )
     assert [lst.address for lst in config.server.listen] == [
@@ -181,7 +183,7 @@ def test_listen_forms_and_workers_auto():
 
 
 def test_top_level_and_syntax_errors(tmp_path):
-    assert errors_of({"route": []}) == [
+    assert errors_of({"route": [], **GOOD}) == [
         "route: unknown key (expected one of: server, upstreams, routes, plugins, consumers)"
     ]
     assert errors_of([1]) == ["expected a mapping at the top level, got [1]"]
@@ -260,3 +262,43 @@ def test_run_with_invalid_config_exits_1_with_errors(tmp_path):
     result = fastgw("run", "-c", str(bad))
     assert result.returncode == 1
     assert "server.workers: expected an integer >= 1 or \"auto\", got 'many'" in result.stderr
+
+
+EMPTY_SECTIONS = [
+    "upstreams: expected at least one upstream (the section is missing or empty)",
+    "routes: expected at least one route (the section is missing or empty)",
+]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", EMPTY_SECTIONS),
+        ("# nothing here yet\n", EMPTY_SECTIONS),
+        ("server:\n  workers: 1\n", EMPTY_SECTIONS),
+        ("upstreams: {}\nroutes: []\n", EMPTY_SECTIONS),
+        # cut off before `routes:`
+        (
+            "upstreams:\n  echo:\n    targets: [{url: 'http://127.0.0.1:9001'}]\n",
+            EMPTY_SECTIONS[1:],
+        ),
+    ],
+)
+def test_a_config_without_upstreams_or_routes_is_an_error(tmp_path, text, expected):
+    path = tmp_path / "fastgw.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.errors == expected
+    toml = tmp_path / "fastgw.toml"
+    toml.write_text("")
+    with pytest.raises(ConfigError) as info:
+        load(toml)
+    assert info.value.errors == EMPTY_SECTIONS
+    check = subprocess.run(
+        [sys.executable, "-m", "fastgw", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert check.returncode == 1 and expected[-1] in check.stdout

@@ -120,6 +120,20 @@ def test_invalid_reload_keeps_the_old_config(upstream, tmp_path):
         gw.stop()
 
 
+def test_an_empty_config_on_reload_keeps_the_old_one(upstream, tmp_path):
+    gw = Gateway(tmp_path, base_config(upstream.url)).start()
+    try:
+        for done, text in enumerate(("", "# emptied by mistake\n", "upstreams:\n  up:\n")):
+            gw.config_path.write_text(text)
+            gw.signal(signal.SIGHUP)
+            gw.wait_log("reload failed", count=done + 1)
+            assert request(gw.port, "GET", "/still").status == 200
+            assert request(gw.admin_port, "GET", "/readyz").json()["config_version"] == 1
+        assert "routes: expected at least one route" in gw.log()
+    finally:
+        gw.stop()
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     own = Upstream()
     gw = Gateway(tmp_path, base_config(own.url, timeouts={"drain": "10s"})).start()

@@ -104,7 +104,9 @@ def validate(document: Any, source: str = "config") -> Config:
 
 
 def _parse_upstreams(raw: Any, errors: Errors) -> dict[str, Any]:
-    if raw is None:
+    # Required and never empty: an empty or cut-off file must not go live and drop every route.
+    if raw is None or raw == {}:
+        errors.add("upstreams", "expected at least one upstream (the section is missing or empty)")
         return {}
     if not isinstance(raw, dict):
         errors.add(
@@ -118,7 +120,8 @@ def _parse_upstreams(raw: Any, errors: Errors) -> dict[str, Any]:
 
 
 def _parse_routes(raw: Any, errors: Errors) -> list[Any]:
-    if raw is None:
+    if raw is None or raw == []:
+        errors.add("routes", "expected at least one route (the section is missing or empty)")
         return []
     if not isinstance(raw, list):
         errors.add("routes", f"expected a list of routes, got {describe(raw)}")
