@@ -1,8 +1,10 @@
-"""The master process: starts workers, restarts crashed ones, reloads on SIGHUP, drains on stop.
+"""The master process: owns the listeners, starts workers, restarts crashed ones, reloads on
+SIGHUP, drains on stop.
 
-It runs no event loop: it blocks in `sigtimedwait` on the signals it handles. A reload is
-validated here once; only a valid config is sent to the workers, each over its own pipe, so
-every worker switches to exactly the config the master checked.
+It binds every listener once, before any worker starts (listeners.py), and the workers inherit
+the sockets. It runs no event loop: it blocks in `sigtimedwait` on the signals it handles. A
+reload is validated here once; only a valid config is sent to the workers, each over its own
+pipe, so every worker switches to exactly the config the master checked.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
 
 from .config.loader import ConfigError, Loaded, load
-from .worker import bind, encode_config, run_worker
+from .listeners import ListenError, bind_all
+from .worker import Bound, encode_config, run_worker
 
 log = logging.getLogger("fastgw.supervisor")
 
@@ -41,25 +45,18 @@ def worker_count(setting: int | str) -> int:
     return int(setting)
 
 
-def check_listeners(loaded: Loaded) -> list[str]:
-    """Bind each address once, so that a busy port is reported before any worker starts."""
-    server = loaded.config.server
-    addresses = [listener.address for listener in server.listen]
-    if server.admin is not None:
-        addresses.append(server.admin)
-    problems = []
-    for host, port in addresses:
-        try:
-            bind(host, port).close()
-        except OSError as exc:
-            problems.append(f"cannot listen on {host}:{port}: {exc.strerror}")
-    return problems
-
-
 class Supervisor:
-    def __init__(self, path: str, loaded: Loaded) -> None:
+    def __init__(
+        self,
+        path: str,
+        loaded: Loaded,
+        listeners: list[Bound],
+        admin: socket.socket | None = None,
+    ) -> None:
         self.path = path
         self.loaded = loaded
+        self.listeners = listeners  # fixed for the master's lifetime, as are workers and admin
+        self.admin = admin
         self.version = 1
         self.slots = [WorkerSlot(i) for i in range(worker_count(loaded.config.server.workers))]
         self.stopping = False
@@ -103,7 +100,9 @@ class Supervisor:
                         os.close(other.control)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
-                code = run_worker(self.loaded, self.version, slot.index, read_fd)
+                code = run_worker(
+                    self.loaded, self.version, slot.index, read_fd, self.listeners, self.admin
+                )
             except BaseException:
                 log.exception("worker %d failed", slot.index)
             finally:
@@ -216,15 +215,22 @@ def _describe_status(status: int) -> str:
 
 
 def serve(path: str) -> int:
-    """`fastgw run`: load, check the listeners, supervise until stopped."""
+    """`fastgw run`: load, bind the listeners, supervise until stopped."""
     try:
         loaded = load(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    problems = check_listeners(loaded)
-    if problems:
-        for problem in problems:
+    server = loaded.config.server
+    addresses = [listener.address for listener in server.listen]
+    if server.admin is not None:
+        addresses.append(server.admin)
+    try:
+        sockets = bind_all(addresses)
+    except ListenError as exc:
+        for problem in str(exc).splitlines():
             log.error("%s", problem)
         return 1
-    return Supervisor(path, loaded).run()
+    listeners = list(zip(server.listen, sockets, strict=False))
+    admin = sockets[-1] if server.admin is not None else None
+    return Supervisor(path, loaded, listeners, admin).run()

@@ -1,7 +1,7 @@
 """One worker process: a uvloop event loop serving the listeners with the live Runtime.
 
-The worker binds its own listening sockets with SO_REUSEPORT, takes new configs from the
-supervisor over a pipe (already validated there), and drains on SIGTERM/SIGINT.
+The worker accepts on the listening sockets the master bound (inherited), takes new configs
+from the supervisor over a pipe (already validated there), and drains on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 import uvloop
 
+from .acceptor import Acceptor
 from .config.loader import Loaded
+from .config.schema import Listener
 from .http.client import ClientProtocol
 from .plugins.services import Services
 from .runtime import compile_runtime, local_runtime
@@ -35,30 +37,28 @@ log = logging.getLogger("fastgw.worker")
 FRAME = struct.Struct("!I")
 
 
-def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A listening socket with SO_REUSEPORT, so each worker accepts on its own queue."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def encode_config(loaded: Loaded, version: int) -> bytes:
     payload = pickle.dumps((loaded, version))
     return FRAME.pack(len(payload)) + payload
 
 
+# A listening socket from the master and the listener it was bound for (at the master's start).
+Bound = tuple[Listener, socket.socket]
+
+
 class Worker:
-    def __init__(self, loaded: Loaded, version: int, index: int, control_fd: int | None) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        version: int,
+        index: int,
+        control_fd: int | None,
+        listeners: list[Bound] | None = None,
+        admin: socket.socket | None = None,
+    ) -> None:
         self.loaded = loaded
+        self.listeners = listeners or []
+        self.admin_sock = admin
         self.version = version
         self.index = index
         self.control_fd = control_fd
@@ -68,12 +68,12 @@ class Worker:
         self.services: Services | None = None
         self.connections: set[ClientProtocol] = set()
         self.draining = False
-        self.servers: list[asyncio.AbstractServer] = []
+        self.acceptors: list[Acceptor] = []
         self.stopped: asyncio.Future | None = None
         self.request_prefix = os.urandom(6).hex().encode() + b"-"
         self.request_count = 0
         self.request_ids: list[bytes] = []  # formatted ahead, the next one last
-        self.sites: list[Site] = []  # one per listener, in config order
+        self.sites: list[tuple[tuple[str, int], Site]] = []  # (address, site) per listener
 
     def next_request_id(self) -> bytes:
         # PERF: a per-worker random prefix and a counter: unique without uuid4's cost. Ids are
@@ -95,28 +95,34 @@ class Worker:
         self.stopped = self.loop.create_future()
         config = self.loaded.config
         runtime = compile_runtime(config, self.hosts, self.services)
-        for listener in config.server.listen:
-            tls = TlsListener(listener.tls) if listener.tls is not None else None
-            site = Site(runtime, listener.scheme, tls)
-            self.sites.append(site)
-            sock = bind(*listener.address)
-            self.servers.append(
-                await self.loop.create_server(
+        live = {listener.address: listener for listener in config.server.listen}
+        for bound_for, sock in self.listeners:
+            tls = None
+            if bound_for.tls is not None:
+                # The live config's certificates when it still has this TLS listener.
+                now = live.get(bound_for.address)
+                tls = TlsListener(now.tls if now is not None and now.tls else bound_for.tls)
+            site = Site(runtime, bound_for.scheme, tls)
+            self.sites.append((bound_for.address, site))
+            self.acceptors.append(
+                Acceptor(
+                    self.loop,
+                    sock,
                     lambda site=site: ClientProtocol(self, site),
-                    sock=sock,
-                    ssl=tls.context if tls is not None else None,
-                    ssl_handshake_timeout=config.server.timeouts.client_header if tls else None,
+                    tls.context if tls is not None else None,
+                    config.server.timeouts.client_header,
                 )
             )
         settle_heap()
-        if config.server.admin is not None:
+        if self.admin_sock is not None:
             admin = Site(
                 local_runtime(self.admin_handlers(), config.server.limits, config.server.timeouts)
             )
-            sock = bind(*config.server.admin)
-            self.servers.append(
-                await self.loop.create_server(lambda: ClientProtocol(self, admin), sock=sock)
+            self.acceptors.append(
+                Acceptor(self.loop, self.admin_sock, lambda: ClientProtocol(self, admin))
             )
+        for acceptor in self.acceptors:
+            acceptor.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.drain)
         if self.control_fd is not None:
@@ -178,8 +184,9 @@ class Worker:
                 self.version,
             )
             return
-        self.sites[0].runtime.close()
-        for site in self.sites:
+        if self.sites:
+            self.sites[0][1].runtime.close()
+        for _, site in self.sites:
             site.runtime = runtime
         self.loaded = loaded
         self.version = version
@@ -196,8 +203,8 @@ class Worker:
         """New certificates (and client CAs) for listeners that keep TLS; all or none switch."""
         by_address = {listener.address: listener for listener in listeners}
         staged = []
-        for site, old in zip(self.sites, self.loaded.config.server.listen, strict=True):
-            new = by_address.get(old.address)
+        for address, site in self.sites:
+            new = by_address.get(address)
             if site.tls is not None and new is not None and new.tls is not None:
                 staged.append((site.tls, ServerTls(new.tls)))
         for holder, contexts in staged:
@@ -208,8 +215,8 @@ class Worker:
         if self.draining:
             return
         self.draining = True
-        for server in self.servers:
-            server.close()
+        for acceptor in self.acceptors:
+            acceptor.stop()
         for conn in list(self.connections):
             conn.draining = True
             conn.close_if_idle()
@@ -220,6 +227,9 @@ class Worker:
     async def _wait_drained(self, deadline: float) -> None:
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        cut = sum(conn.busy() for conn in self.connections)
+        if cut:
+            log.warning("worker %d: %d requests cut at the drain deadline", self.index, cut)
         for conn in list(self.connections):
             conn.abort()
         self.hosts.close_all()
@@ -238,8 +248,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def run_worker(loaded: Loaded, version: int, index: int, control_fd: int | None) -> int:
-    worker = Worker(loaded, version, index, control_fd)
+def run_worker(
+    loaded: Loaded,
+    version: int,
+    index: int,
+    control_fd: int | None,
+    listeners: list[Bound],
+    admin: socket.socket | None,
+) -> int:
+    worker = Worker(loaded, version, index, control_fd, listeners, admin)
     uvloop.run(worker.main())
     log.info("worker %d (pid %d) stopped", index, os.getpid())
     return 0

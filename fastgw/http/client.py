@@ -157,9 +157,6 @@ class ClientProtocol(asyncio.Protocol):
         self.forwarded = b"X-Forwarded-For: " + self.peer + self.proto_line
         if self.site.tls is not None:
             self.peer_subjects = peer_subjects(transport.get_extra_info("ssl_object"))
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(worker.connections) >= limits.max_connections or worker.draining:
             transport.write(reply(503, error_body(503, "too many connections", b""), close=True))
             transport.close()
@@ -448,9 +445,13 @@ class ClientProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         self.transport.abort()
 
+    def busy(self) -> bool:
+        """A request is being served or arriving."""
+        return self.current is not None or self.in_head or self.tunnel is not None
+
     def close_if_idle(self) -> None:
         """Draining: close now unless a request is in flight or arriving."""
-        if self.current is None and not self.in_head and self.tunnel is None:
+        if not self.busy():
             self.close()
 
     def _on_timer(self) -> None:

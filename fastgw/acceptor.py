@@ -1,0 +1,117 @@
+"""Acceptor: takes connections from a listening socket the master owns, in a worker's loop.
+
+uvloop's own server accepts in libuv, and when the process runs out of file descriptors it
+accepts and closes pending connections silently (or stops listening for good). Here accepting
+is ours: out of descriptors, accepting pauses briefly (as nginx and asyncio do) so connections
+wait in the kernel's backlog, and one rate-limited line names the limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from .logs import Throttled
+
+log = logging.getLogger("fastgw.worker")
+out_of_descriptors = Throttled(log, 10.0)
+
+# Connections accepted per wake-up: a few, so that a burst is taken in one go while the other
+# workers, woken for the same socket, still get their share.
+ACCEPT_BATCH = 8
+# How long accepting pauses when the process is out of file descriptors.
+PAUSE_WHEN_OUT = 0.5
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Acceptor:
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        factory: Callable[[], Any],
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.factory = factory
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout if tls is not None else None
+        host, port = sock.getsockname()[:2]
+        self.label = f"{host}:{port}"
+        self.accepting = False
+        self.resume_timer: Any = None
+
+    def start(self) -> None:
+        if not self.accepting:
+            self.accepting = True
+            self.loop.add_reader(self.sock.fileno(), self._ready)
+
+    def stop(self) -> None:
+        """Stop accepting (draining); the socket stays open for the master and the others."""
+        if self.resume_timer is not None:
+            self.resume_timer.cancel()
+            self.resume_timer = None
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _ready(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # another worker took it, or nothing left
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up before we accepted
+                log.error("accept on %s failed: %s", self.label, exc)
+                return
+            self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The protocol is made and connection_made runs within the call; the Task only waits
+        # for the TLS handshake (or one loop turn without TLS). One per connection, not request.
+        task = self.loop.create_task(
+            self.loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
+            )
+        )
+        task.add_done_callback(_handshake_done)
+
+    def _pause(self, exc: OSError) -> None:
+        self.stop()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        out_of_descriptors.error(
+            "accept on %s: %s (open file limit %d): not accepting for %gs; raise the limit "
+            "(LimitNOFILE, ulimit -n) or lower limits.max_connections",
+            self.label,
+            exc.strerror,
+            limit,
+            PAUSE_WHEN_OUT,
+        )
+        self.resume_timer = self.loop.call_later(PAUSE_WHEN_OUT, self._resume)
+
+    def _resume(self) -> None:
+        self.resume_timer = None
+        self.start()
+
+
+def _handshake_done(task: Any) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        # A failed or timed-out TLS handshake, or a client gone before it began: its business.
+        log.debug("connection not established: %r", exc)
