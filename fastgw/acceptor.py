@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import resource
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
-from .logs import Throttled
+from .logs import Throttled, open_file_limit
 
 log = logging.getLogger("fastgw.worker")
 out_of_descriptors = Throttled(log, 10.0)
@@ -92,13 +91,12 @@ class Acceptor:
 
     def _pause(self, exc: OSError) -> None:
         self.stop()
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         out_of_descriptors.error(
             "accept on %s: %s (open file limit %d): not accepting for %gs; raise the limit "
             "(LimitNOFILE, ulimit -n) or lower limits.max_connections",
             self.label,
             exc.strerror,
-            limit,
+            open_file_limit(),
             PAUSE_WHEN_OUT,
         )
         self.resume_timer = self.loop.call_later(PAUSE_WHEN_OUT, self._resume)

@@ -8,6 +8,7 @@ line that gets through says how many were left out.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 
 
@@ -41,3 +42,8 @@ class Throttled:
 
     def warning(self, message: str, *args: object) -> bool:
         return self.log(logging.WARNING, message, *args)
+
+
+def open_file_limit() -> int:
+    """The process's open file limit, named in the lines about running out of descriptors."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

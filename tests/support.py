@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -119,15 +120,22 @@ class Gateway:
         self.config = config
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self, wait: bool = True) -> Gateway:
+    def start(self, wait: bool = True, nofile: int | None = None) -> Gateway:
+        """Run it; `nofile` sets its open file limit (as `ulimit -n`)."""
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYTHONPATH=str(ROOT), FASTGW_LOG_LEVEL="debug")
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastgw", "run", "-c", str(self.config_path)],
             stderr=self.log_file,
             stdout=self.log_file,
             env=env,
             cwd=self.dir,
+            preexec_fn=limit,
         )
         if wait:
             workers = self.config["server"].get("workers", 1)

@@ -117,7 +117,7 @@ def test_out_of_file_descriptors_is_the_gateways_own_503(ended, caplog):
     assert status == 503 and b"out of file descriptors" in body
     assert [o for _, o, *_ in ended] == ["gateway_error"]
     assert not gw.loop.dials  # no other host is tried: it would fail the same way
-    assert "out of file descriptors" in caplog.text and "LimitNOFILE" in caplog.text
+    assert "Too many open files (open file limit " in caplog.text and "LimitNOFILE" in caplog.text
 
 
 def test_read_timeout_ends_the_attempt_once(ended):

@@ -6,6 +6,7 @@ import socket
 import time
 
 import h11
+import pytest
 
 from .support import Client, parse_responses, raw_exchange, read_until_closed, request, status_of
 
@@ -282,6 +283,21 @@ def test_reset_during_the_response_aborts_the_client(gateway):
         data = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200")
     assert len(data) < (1 << 20)  # truncated, and the connection ended: the client can tell
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_truncated_body_ends_in_a_reset_for_every_client(gateway, version):
+    """The upstream sends a chunked head and one 500-byte chunk, then closes: the client must
+    see an error (an RST), never a clean end: a FIN would pass for the end of an HTTP/1.0 body."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"GET /truncated HTTP/%s\r\nHost: x\r\n\r\n" % version.encode())
+        received = b""
+        with pytest.raises(ConnectionResetError):
+            while True:
+                data = sock.recv(65536)
+                assert data, f"a clean end after {len(received)} bytes: {received[:80]!r}"
+                received += data
+    assert received.startswith(b"HTTP/1.1 200") and received.count(b"x") == 500
 
 
 def test_path_normalisation(gateway):

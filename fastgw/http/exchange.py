@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from httptools import HttpParserInvalidURLError, parse_url
 
-from ..logs import Throttled
+from ..logs import Throttled, open_file_limit
 from ..plugins.base import Reply
 from ..router import Allow, strip_prefix
 from ..upstream.host import DIAL_NO_DESCRIPTORS, describe_dial_failure
@@ -578,10 +578,11 @@ class Exchange(RequestView):
         if why == DIAL_NO_DESCRIPTORS:
             self.end_attempt(GATEWAY_ERROR, self.client.loop.time())
             out_of_descriptors.error(
-                "out of file descriptors connecting to upstream %s (%s); raise the limit "
-                "(LimitNOFILE, ulimit -n) or lower limits.max_connections",
+                "connect to upstream %s: %s (open file limit %d): answered 503; raise the "
+                "limit (LimitNOFILE, ulimit -n) or lower limits.max_connections",
                 host.label,
                 detail,
+                open_file_limit(),
             )
             self.local_error(*describe_dial_failure(why))
             return

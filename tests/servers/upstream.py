@@ -14,6 +14,7 @@ written by hand so that the server can also misbehave on purpose. The path picks
   /ws                   `101 Switching Protocols`, then echo bytes back upper-cased
   /stale                answer the first request of a connection; close on a later one
   /midbody-reset        promise 1 MiB, send 1 KiB, reset the connection
+  /truncated            a chunked head and one 500-byte chunk, then close (no last chunk)
   /sink                 reply with the size and sha256 of the body
   /stats                how many connections are open now
   anything else         200 JSON echo: method, target, headers, body size and sha256, connection id
@@ -173,6 +174,10 @@ async def respond(
         w(head(200, [("Content-Length", str(1 << 20))]) + b"x" * 1024)
         await writer.drain()
         writer.transport.abort()
+        return False
+    elif path == "/truncated":
+        w(head(200, [("Transfer-Encoding", "chunked")]) + b"1f4\r\n" + b"x" * 500 + b"\r\n")
+        await writer.drain()
         return False
     elif path == "/stats":
         body = json.dumps(
