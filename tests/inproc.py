@@ -215,12 +215,14 @@ class Serving:
         return b"req-%d" % next(self.ids)
 
 
-def config(read: str = "5s", **upstream: Any) -> dict:
+def config(
+    read: str = "5s", targets: tuple[str, ...] = ("10.0.0.1", "10.0.0.2"), **upstream: Any
+) -> dict:
     return {
         "server": {"timeouts": {"client_body": "20s", "send": "30s"}},
         "upstreams": {
             "up": {
-                "targets": [{"url": "http://10.0.0.1:80"}, {"url": "http://10.0.0.2:80"}],
+                "targets": [{"url": f"http://{address}:80"} for address in targets],
                 "timeouts": {"read": read, "connect": "2s"},
                 **upstream,
             }
