@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,17 +101,29 @@ def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def serving_connections(port: int) -> int:
+    """Server-side TCP connections on a local port still open (established or closing)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
+            count += 1
+    return count
+
+
 def test_out_of_file_descriptors(upstream, tmp_path):
     limit = 64
     gw = Gateway(tmp_path, base_config(upstream.url)).start(nofile=limit)
     idle: list[socket.socket] = []
     try:
         (worker,) = gw.worker_pids()
+        # The readiness probe's connection must be gone before the descriptors are counted.
+        wait_for(lambda: serving_connections(gw.admin_port) == 0, what="probe closed")
+        base = open_files(worker)
         # Idle client connections until the worker has one descriptor left.
-        while open_files(worker) < limit - 1:
-            count = open_files(worker)
+        while base + len(idle) < limit - 1:
             idle.append(socket.create_connection(("127.0.0.1", gw.port), timeout=5))
-            wait_for(lambda count=count: open_files(worker) > count, what="connection accepted")
+            wait_for(lambda: open_files(worker) == base + len(idle), what="connection accepted")
         # This request takes the last one: the upstream cannot be dialled. 503, not 502.
         answer = request(gw.port, "GET", "/x")
         assert answer.status == 503
