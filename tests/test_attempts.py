@@ -47,7 +47,7 @@ def test_ok_on_a_pooled_connection(ended):
     conn.data_received(response())
     assert parse_response(ct.take())[0] == 200
     assert ended == [("10.0.0.1", "ok", 0.0, 0.25, 0.25)]
-    assert exchange.host is gw.host() and exchange.attempts == 1
+    assert exchange.upstream_host is gw.host() and exchange.attempts == 1
     assert gw.host().in_flight == 0 and gw.host().idle == [conn]
 
 

@@ -111,7 +111,6 @@ class Exchange(RequestView):
     __slots__ = (
         "address",
         "attempts",
-        "authority",
         "body_bytes",
         "body_done",
         "body_mode",
@@ -157,6 +156,7 @@ class Exchange(RequestView):
         "trailers",
         "tried",
         "upgrade",
+        "upstream_host",
         "xff",
     )
 
@@ -166,7 +166,7 @@ class Exchange(RequestView):
         parser: Any,
         runtime: Any,
         url: bytes,
-        authority: bytes | None,
+        host: bytes | None,
         fwd: list[bytes],
         special: list[tuple[int, bytes, bytes]],
     ) -> None:
@@ -182,13 +182,13 @@ class Exchange(RequestView):
         self.state = WAITING
         self.conn: UpstreamProtocol | None = None
         self.route: Any = None
-        self.host: Host | None = None  # the host of the latest attempt
+        self.upstream_host: Host | None = None  # the host of the latest attempt
         self.attempts = 0
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.body_bytes = 0
         self.status = 0
-        self.authority = authority
+        self.host = host
         self.xff = self.request_id = self.upgrade = None
         self.content_length = -1
         self.chunked = self.expect = False
@@ -198,7 +198,7 @@ class Exchange(RequestView):
         # field can only be HTTP/1.1 (1.0 needs `Connection: keep-alive`), so most skip it.
         if (keep_alive and not connection_field) or parser.get_http_version() == "1.1":
             self.http11 = True
-            if self.authority is None:
+            if self.host is None:
                 self.refuse(400, "missing Host header")
         else:
             self.http11 = self.expect = False
@@ -230,7 +230,7 @@ class Exchange(RequestView):
         self.state = WAITING
         self.conn = None
         self.route = None
-        self.host = None
+        self.upstream_host = None
         self.upgrade = None
         self.expect = False
         self.discard = False
@@ -245,9 +245,9 @@ class Exchange(RequestView):
         named: set[bytes] | None = None
         for kind, _name, value in special:
             if kind == K_HOST:
-                if self.authority is not None:
+                if self.host is not None:
                     self.refuse(400, "more than one Host header")
-                self.authority = value
+                self.host = value
             elif kind == K_CONTENT_LENGTH:
                 self.content_length = int(value)  # llhttp has checked the digits and duplicates
             elif kind == K_XFF:
@@ -293,7 +293,7 @@ class Exchange(RequestView):
                 return
             path = parsed.path or b"/"
             query = parsed.query
-            self.authority = (
+            self.host = (
                 parsed.host if parsed.port is None else b"%s:%d" % (parsed.host, parsed.port)
             )
         else:
@@ -333,7 +333,7 @@ class Exchange(RequestView):
         router = self.runtime.router
         found = router.match(
             self.method,
-            self.authority or b"",
+            self.host or b"",
             self.match_path,
             self.header_pairs() if router.by_header else (),
         )
@@ -380,8 +380,8 @@ class Exchange(RequestView):
         path = self.path if self.depth < 0 else strip_prefix(self.path, self.depth)
         if self.query is not None:
             path = path + b"?" + self.query
-        if self.route.preserve_host and self.authority:
-            parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", self.authority, b"\r\n"]
+        if self.route.preserve_host and self.host:
+            parts = [self.method, b" ", path, b" HTTP/1.1\r\nHost: ", self.host, b"\r\n"]
             parts += self.fwd
         else:
             parts = [self.method, b" ", path, host.host_line, *self.fwd]
@@ -390,10 +390,10 @@ class Exchange(RequestView):
             parts.append(client.forwarded)  # PERF: built once per connection
         else:
             parts += (b"X-Forwarded-For: ", self.xff, b", ", client.peer, client.proto_line)
-        if self.authority is not None:
+        if self.host is not None:
             parts += (
                 b"X-Forwarded-Host: ",
-                self.authority,
+                self.host,
                 b"\r\nX-Request-ID: ",
                 self.request_id,
                 b"\r\n",
@@ -411,7 +411,7 @@ class Exchange(RequestView):
 
     def dispatch(self, host: Host) -> None:
         """Start an attempt on `host`: a pooled connection at once, or a dial."""
-        self.host = host
+        self.upstream_host = host
         self.attempts += 1
         host.in_flight += 1  # PERF: inline; Host.attempt_ended takes it back
         self.live = True
@@ -553,7 +553,7 @@ class Exchange(RequestView):
         self.live = False
         started = self.started_at
         head_at = self.head_at
-        self.host.attempt_ended(
+        self.upstream_host.attempt_ended(
             outcome,
             (self.connected_at or now) - started,
             head_at - started if head_at else -1.0,
@@ -565,14 +565,14 @@ class Exchange(RequestView):
 
     def connected(self, host: Host, conn: UpstreamProtocol) -> None:
         now = self.client.loop.time()
-        if self.state != CONNECTING or host is not self.host:
+        if self.state != CONNECTING or host is not self.upstream_host:
             host.release(conn, now)  # fresh and unused: keep it
             return
         self.connected_at = now
         self.attach(conn, now)
 
     def connect_failed(self, host: Host, why: str, detail: str) -> None:
-        if self.state != CONNECTING or host is not self.host:
+        if self.state != CONNECTING or host is not self.upstream_host:
             return
         route = self.route
         if why == DIAL_NO_DESCRIPTORS:
@@ -596,7 +596,7 @@ class Exchange(RequestView):
         if following is None:
             self.local_error(*describe_dial_failure(why))
             return
-        if not route.preserve_host or self.authority is None:
+        if not route.preserve_host or self.host is None:
             self.head = self.head_for(following)
         self.dispatch(following)
 
@@ -609,7 +609,7 @@ class Exchange(RequestView):
         if state == RESPONDING:
             log.warning(
                 "upstream %s: %s during the response (route %s)",
-                self.host.label,
+                self.upstream_host.label,
                 outcome,
                 self.route.name,
             )
@@ -635,9 +635,11 @@ class Exchange(RequestView):
                 self.sent_bytes = 0
             self.state = CONNECTING
             self.connected_at = 0.0
-            self.host.dial(self, self.route.cluster.connect_timeout)
+            self.upstream_host.dial(self, self.route.cluster.connect_timeout)
             return
-        log.warning("upstream %s: %s (route %s)", self.host.label, outcome, self.route.name)
+        log.warning(
+            "upstream %s: %s (route %s)", self.upstream_host.label, outcome, self.route.name
+        )
         self.end_attempt(outcome, now)
         self.close_after = self.close_after or not self.body_done
         if outcome == TIMEOUT:
@@ -653,7 +655,7 @@ class Exchange(RequestView):
         self.conn = None
         if conn is not None:
             conn.abort()
-        if self.host is not None and self.live:
+        if self.upstream_host is not None and self.live:
             self.end_attempt(CLIENT_ABORT, self.client.loop.time())
 
     def client_failed(self) -> None:
@@ -748,7 +750,7 @@ class Exchange(RequestView):
         # PERF: the completion point inline (end_attempt does the same for every other end).
         self.live = False
         started = self.started_at
-        self.host.attempt_ended(
+        self.upstream_host.attempt_ended(
             OK,
             self.connected_at - started,
             self.head_at - started,

@@ -37,7 +37,7 @@ class RequestView:
         consumer: Identity | None
         subject: bytes | None
         scopes: bytes | None
-        authority: bytes | None
+        host: bytes | None
 
     def header(self, kind: int) -> bytes | None:
         """The first value of a header a plugin watches (`Build.watch` gave the kind)."""
@@ -100,6 +100,6 @@ class RequestView:
         """The request's fields as (name, value) pairs, rebuilt for header-matching routes."""
         fwd = self.fwd
         pairs = [(fwd[i], fwd[i + 2]) for i in range(0, len(fwd), 4)]
-        if self.authority is not None:
-            pairs.append((b"Host", self.authority))
+        if self.host is not None:
+            pairs.append((b"Host", self.host))
         return pairs + [(name, value) for _, name, value in self.special]
