@@ -306,3 +306,20 @@ def test_two_upstreams_on_one_address_keep_their_own_settings():
     gw = Gateway(settings)
     small = gw.hosts.find("small", "10.0.0.1", 80)
     assert small is not gw.host() and small.max_idle == 1 and gw.host().max_idle == 64
+
+
+def test_hosts_survive_a_reload_that_keeps_their_upstream_and_address():
+    gw = Gateway()
+    conn, ut = gw.pooled()
+    host = gw.host()
+    _client, ct = serve(gw)  # an attempt in flight across the reload
+    gw.reload(config(read="2s"))
+    assert gw.host() is host and host.in_flight == 1
+    conn.data_received(response())
+    assert parse_response(ct.take())[0] == 200 and host.idle == [conn]
+    renamed = config()
+    renamed["upstreams"]["other"] = renamed["upstreams"].pop("up")
+    renamed["routes"][0]["upstream"] = "other"
+    gw.reload(renamed)
+    assert host.retired and host.idle == [] and ut.closing
+    assert gw.hosts.find("other", "10.0.0.1", 80) is not host
