@@ -10,6 +10,14 @@ def upstream():
     server.stop()
 
 
+@pytest.fixture
+def own_upstream():
+    """An upstream for one test, for tests that count its connections."""
+    server = Upstream()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def gateway(upstream, tmp_path_factory):
     """One gateway (workers: 1) in front of the test upstream, shared by a test module."""

@@ -8,20 +8,12 @@ import pytest
 
 from .support import (
     Gateway,
-    Upstream,
     base_config,
     in_parallel,
     request,
     upstream_open,
     wait_for,
 )
-
-
-@pytest.fixture
-def own_upstream():
-    server = Upstream()
-    yield server
-    server.stop()
 
 
 def two_upstreams(url: str, one: dict, other: dict) -> dict:

@@ -8,20 +8,12 @@ import pytest
 from .support import (
     Client,
     Gateway,
-    Upstream,
     base_config,
     in_parallel,
     request,
     upstream_open,
     wait_for,
 )
-
-
-@pytest.fixture
-def own_upstream():
-    server = Upstream()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
