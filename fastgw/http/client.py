@@ -128,7 +128,7 @@ class ClientProtocol(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.write_paused_at = 0.0
-        self.body_at = 0.0  # when the body being read last made progress
+        self.body_at = 0.0  # when the body being read last made progress (Downstream)
         self.in_feed = False
         self.timer: asyncio.TimerHandle | None = None
         self.tunnel: Any = None

@@ -89,6 +89,7 @@ class Downstream(Protocol):
     in_feed: bool  # inside data_received: writes wait for its end
     write_paused: bool
     draining: bool
+    body_at: float  # when the request body last made progress (the loop's time)
 
     def next_request_id(self) -> bytes: ...
 
@@ -452,7 +453,7 @@ class Exchange(RequestView):
         if sent is not None:
             sent += pending
         if self.pending_bytes:  # body bytes went out (not only the head)
-            conn.sent(self.client.loop.time())
+            conn.sent(self.client.body_at)  # PERF: the time they arrived, read already
             if sent is not None:
                 self.sent_bytes += self.pending_bytes
                 if self.sent_bytes > REPLAY_LIMIT:

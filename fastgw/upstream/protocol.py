@@ -319,9 +319,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self.paused_at = 0.0
             self.transport.resume_reading()
 
-    def sent(self, now: float) -> None:
-        """Request bytes went out: progress."""
-        self.progress = now
+    def sent(self, at: float) -> None:
+        """Request bytes that arrived at `at` went out: progress (never moved back)."""
+        if at > self.progress:
+            self.progress = at
 
     def start_tunnel(self, client_transport: Any) -> None:
         """After a 101: bytes from now on go to the client as they come; the exchange stays
