@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .config.loader import ConfigError, Loaded, load
 from .listeners import ListenError, bind_all
+from .shared import SharedTable
 from .worker import Bound, encode_config, run_worker
 
 log = logging.getLogger("fastgw.supervisor")
@@ -60,6 +61,11 @@ class Supervisor:
         self.version = 1
         self.slots = [WorkerSlot(i) for i in range(worker_count(loaded.config.server.workers))]
         self.stopping = False
+        # State the workers share (rate-limit buckets), made before they fork; it outlives
+        # reloads and worker restarts. Locked only when there is more than one worker.
+        self.table = SharedTable(
+            loaded.config.server.limits.max_limit_keys, shared_lock=len(self.slots) > 1
+        )
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
@@ -101,7 +107,13 @@ class Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
                 code = run_worker(
-                    self.loaded, self.version, slot.index, read_fd, self.listeners, self.admin
+                    self.loaded,
+                    self.version,
+                    slot.index,
+                    read_fd,
+                    self.listeners,
+                    self.admin,
+                    self.table,
                 )
             except BaseException:
                 log.exception("worker %d failed", slot.index)
@@ -164,13 +176,15 @@ class Supervisor:
         old = self.loaded.config.server
         new = loaded.config.server
         addresses = [(lst.address, lst.scheme) for lst in old.listen]
-        if (addresses, old.workers, old.admin) != (
+        if (addresses, old.workers, old.admin, old.limits.max_limit_keys) != (
             [(lst.address, lst.scheme) for lst in new.listen],
             new.workers,
             new.admin,
+            new.limits.max_limit_keys,
         ):
             log.warning(
-                "changes to server.listen, server.workers and server.admin take effect after a restart"
+                "changes to server.listen, server.workers, server.admin and "
+                "server.limits.max_limit_keys take effect after a restart"
             )
         self.loaded = loaded
         self.version += 1

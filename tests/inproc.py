@@ -242,7 +242,9 @@ class Gateway:
         self.ended: list[tuple[Host, str, float, float, float]] = []
 
     def compile(self, settings: dict) -> Any:
-        return compile_runtime(validate(settings), self.hosts, Services(self.loop))  # type: ignore[arg-type]
+        services = Services(self.loop)  # type: ignore[arg-type]
+        services.clock = self.loop.time
+        return compile_runtime(validate(settings), self.hosts, services)
 
     def reload(self, settings: dict) -> None:
         self.site.runtime = self.compile(settings)

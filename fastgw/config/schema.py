@@ -85,6 +85,8 @@ class Limits:
     max_header_bytes: int = spec(size, 16384)
     max_body_bytes: int = spec(size, 10 * 1024 * 1024)
     max_connections: int = spec(integer(min=1), 10000)
+    # Rate-limit buckets the gateway keeps (shared by its workers); fixed until a restart.
+    max_limit_keys: int = spec(integer(min=1024, max=1 << 28), 1 << 20)
 
 
 @dataclass(frozen=True)

@@ -113,12 +113,20 @@ class Plugin:
     def check(cls, config: Any, path: str, errors: Errors) -> None:
         """Checks across fields (at load, in the master); report with `errors.add(path, ...)`."""
 
+    @classmethod
+    def check_route(
+        cls, config: Any, path: str, route: str, phases: set[Phase], errors: Errors
+    ) -> None:
+        """Checks against the other plugins active on a route (`route` is its path, `phases`
+        the phases of all its plugins), once per route the entry applies to."""
+
     def close(self) -> None:
         """The runtime that built this plugin was replaced: stop background work."""
 
 
 class Build:
-    """What a plugin's `__init__` gets: the consumers, header watching, worker services."""
+    """What a plugin's `__init__` gets: the consumers, header watching, worker services, and
+    `entry_path`, where the entry being built is written (`routes[2].plugins.rate-limit`)."""
 
     def __init__(
         self, consumers: ConsumerIndex, services: Services, watched: dict[bytes, int]
@@ -126,6 +134,7 @@ class Build:
         self.consumers = consumers
         self.services = services
         self.watched = watched
+        self.entry_path = ""
 
     def watch(self, name: str | bytes) -> int:
         """The kind id under which requests carry header `name` for `Exchange.header`."""

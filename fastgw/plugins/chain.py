@@ -20,14 +20,21 @@ class Chain:
     __slots__ = ("access", "body", "log", "reframe", "response")
 
     def __init__(self, plugins: list[Plugin]) -> None:
-        self.access = tuple(p.on_request for p in plugins if hasattr(p, "on_request"))
-        self.response = tuple(p.on_response for p in reversed(plugins) if hasattr(p, "on_response"))
-        bodied = [p for p in reversed(plugins) if hasattr(p, "on_response_body")]
-        self.body = tuple(p.on_response_body for p in bodied)
+        self.access = hooks(plugins, "on_request")
+        self.response = hooks(plugins[::-1], "on_response")
+        bodied = [p for p in reversed(plugins) if getattr(p, "on_response_body", None)]
+        self.body = hooks(bodied, "on_response_body")
         # A body hook that may change the body's length: responses are sent chunked (or
         # close-delimited to HTTP/1.0 clients) instead of with the upstream's Content-Length.
         self.reframe = any(p.changes_length for p in bodied)
-        self.log = tuple(p.on_log for p in plugins if hasattr(p, "on_log"))
+        self.log = hooks(plugins, "on_log")
+
+
+def hooks(plugins: list[Plugin], name: str) -> tuple:
+    """The bound `name` hooks of the plugins that define it (an instance may set it to None
+    to leave a phase it does not need on this route)."""
+    bound = (getattr(plugin, name, None) for plugin in plugins)
+    return tuple(hook for hook in bound if hook is not None)
 
 
 EMPTY = Chain([])
@@ -55,6 +62,7 @@ class ChainBuilder:
             config = entry.config
             if config is None:
                 config = default_config(entry, Errors())
+            self.build.entry_path = entry.path
             plugin = self.instances[entry.path] = PLUGINS[entry.name](config, self.build)
         return plugin
 

@@ -84,17 +84,26 @@ def check_entries(
     """Each plugin's own cross-field checks, once per written entry (and once for the
     defaults of a route's `{enabled: true}` that has no global entry to inherit)."""
     entries = list(global_entries.values())
-    for route in routes:
+    by_route = []
+    for i, route in enumerate(routes):
         if route is not INVALID:
-            entries += effective(global_entries, route.plugins)
-    checked: set[str] = set()
+            active = effective(global_entries, route.plugins)
+            entries += active
+            by_route.append((f"routes[{i}]", active))
+    checked: dict[str, Any] = {}
     for entry in entries:
         if entry.path in checked or (not entry.enabled and entry.config is None):
             continue
-        checked.add(entry.path)
         config = entry.config if entry.config is not None else default_config(entry, errors)
+        checked[entry.path] = config
         if config is not INVALID:
             PLUGINS[entry.name].check(config, entry.path, errors)
+    for route_path, active in by_route:
+        phases = {PLUGINS[entry.name].phase for entry in active}
+        for entry in active:
+            config = checked.get(entry.path, INVALID)
+            if config is not INVALID:
+                PLUGINS[entry.name].check_route(config, entry.path, route_path, phases, errors)
 
 
 def default_config(entry: PluginEntry, errors: Errors) -> Any:

@@ -13,6 +13,7 @@ from .ip_restriction import IpRestriction
 from .jwt_auth import JwtAuth
 from .key_auth import KeyAuth
 from .oauth2_introspection import OAuth2Introspection
+from .rate_limit import RateLimit
 
 PLUGINS: dict[str, type[Plugin]] = {}
 
@@ -45,5 +46,6 @@ for _cls in (
     JwtAuth,
     KeyAuth,
     OAuth2Introspection,
+    RateLimit,
 ):
     register(_cls)

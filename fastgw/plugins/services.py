@@ -7,15 +7,31 @@ the fetched keys instead of fetching again; what no live config uses any more is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
+from ..shared import SharedTable
+
+# Keys of a table made for one process (tests, benchmarks); a gateway's comes from its master.
+PRIVATE_TABLE_SLOTS = 1 << 16
+
 
 class Services:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, table: SharedTable | None = None) -> None:
         self.loop = loop
         self.kept: dict[Any, Any] = {}
         self.used: set[Any] = set()
+        self.table = table
+        # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
+        # (the loop's own time is coarse and per process). Tests may swap it.
+        self.clock: Callable[[], float] = time.monotonic
+
+    def limit_table(self) -> SharedTable:
+        """The gateway's shared table of rate-limit buckets (fastgw/shared.py)."""
+        if self.table is None:
+            self.table = SharedTable(PRIVATE_TABLE_SLOTS, shared_lock=False)
+        return self.table
 
     def keep(self, key: Any, factory: Callable[[], Any]) -> Any:
         """The object kept under `key`, made by `factory` the first time."""
