@@ -77,10 +77,12 @@ def plugin_settings(plugin: str) -> dict:
     """The global plugins of each --plugin choice ("none": the same requests, no plugin)."""
     if plugin == "jwt-auth":
         return {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": signer()[1]}}
+    if plugin == "rate-limit":  # a limit high enough never to refuse, keyed by client address
+        return {"rate-limit": {"limits": [{"rate": 1_000_000_000, "per": "1s"}], "key": "ip"}}
     return {"key-auth": {}} if plugin == "key-auth" else {}
 
 
-PLUGINS = ("none", "key-auth", "jwt-auth")
+PLUGINS = ("none", "key-auth", "jwt-auth", "rate-limit")
 
 
 def with_credentials(request: bytes) -> bytes:

@@ -424,16 +424,21 @@ def scenario_idle(run: Run) -> dict:
 def scenario_plugins(run: Run) -> dict:
     """`small` through the plugin chains, each set-up against the same upstream and requests.
 
-    Every request carries an API key and an RS256 JWT, so the three set-ups see identical
-    bytes; the difference in CPU per request is what a plugin costs. Later plugin issues add
-    their set-ups (rate limit, metrics, access log) here.
+    Every request carries an API key and an RS256 JWT, so all set-ups see identical bytes;
+    the difference in CPU per request is what a plugin costs. A rate limit high enough never
+    to refuse runs with one worker and with two (whose shared state takes a lock), each against
+    no plugins with as many workers. Later plugin issues add their set-ups here.
     """
     key, token, pem = bench_credentials(run.workdir)
     consumers = [{"name": "bench", "key_auth": {"keys": [key]}, "jwt": {"subject": "bench"}}]
-    chains = {
-        "no-plugins": {},
-        "key-auth": {"key-auth": {}},
-        "jwt-auth": {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": str(pem)}},
+    never = {"rate-limit": {"limits": [{"rate": 1_000_000_000, "per": "1s"}], "key": "ip"}}
+    chains = {  # name: (plugins, workers)
+        "no-plugins": ({}, 1),
+        "key-auth": ({"key-auth": {}}, 1),
+        "jwt-auth": ({"jwt-auth": {"algorithms": ["RS256"], "public_key_file": str(pem)}}, 1),
+        "rate-limit": (never, 1),
+        "no-plugins-w2": ({}, 2),
+        "rate-limit-w2": (never, 2),
     }
     upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
     setups = [
@@ -442,11 +447,12 @@ def scenario_plugins(run: Run) -> dict:
             FastGW(
                 run.workdir,
                 upstream.port,
+                workers=workers,
                 cpu=run.proxy_cpu,
                 extra={"consumers": consumers, "plugins": plugins},
             ),
         )
-        for name, plugins in chains.items()
+        for name, (plugins, workers) in chains.items()
     ]
     result = compare(
         run,
@@ -456,12 +462,15 @@ def scenario_plugins(run: Run) -> dict:
         headers=(("apikey", key), ("Authorization", f"Bearer {token}")),
     )
     summary = result["summary"]
-    base = summary["no-plugins"]["cpu_us_per_request"]
     for name in list(chains)[1:]:
+        if name.startswith("no-plugins"):
+            continue
+        baseline = "no-plugins-w2" if name.endswith("-w2") else "no-plugins"
+        base = summary[baseline]["cpu_us_per_request"]
         cpu = summary[name]["cpu_us_per_request"]
         if base is not None and cpu is not None:
             summary[name]["cost_us_per_request"] = cpu - base
-            print(f"  {name}: +{cpu - base:.1f} us of CPU per request over no plugins")
+            print(f"  {name}: +{cpu - base:.1f} us of CPU per request over {baseline}")
         if summary[name]["errors"]:
             print(f"  {name}: {summary[name]['errors']} request(s) failed: check the credentials")
     return result

@@ -116,6 +116,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     watched: dict[bytes, int] = {}
     consumers = ConsumerIndex(config.consumers)
     build = Build(consumers, services, watched)
+    build.behind_proxies = bool(config.server.trusted_proxies)
     chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(

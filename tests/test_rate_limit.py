@@ -107,6 +107,19 @@ def test_keys_separate_buckets_and_a_missing_part_shares_one():
     assert ask(gw)[0] == 429  # ... shared by every request without it, never let through
 
 
+def test_the_ip_key_behind_trusted_proxies_is_the_forwarded_client():
+    gw = gateway(
+        {"rate-limit": {"limits": [{"rate": 1, "per": "1h"}], "key": "ip"}},
+        server={"trusted_proxies": ["127.0.0.0/8"]},
+    )
+    assert ask(gw, b"X-Forwarded-For: 192.0.2.1\r\n")[0] == 200
+    assert ask(gw, b"X-Forwarded-For: 192.0.2.1\r\n")[0] == 429
+    assert ask(gw, b"X-Forwarded-For: 192.0.2.2\r\n")[0] == 200
+    without = gateway({"rate-limit": {"limits": [{"rate": 1, "per": "1h"}], "key": "ip"}})
+    assert ask(without, b"X-Forwarded-For: 192.0.2.1\r\n")[0] == 200
+    assert ask(without, b"X-Forwarded-For: 192.0.2.2\r\n")[0] == 429  # the peer, not XFF
+
+
 def test_status_and_headers_settings():
     gw = gateway(
         {

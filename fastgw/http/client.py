@@ -24,6 +24,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from ..plugins.base import FIRST_WATCHED
 from ..tls import peer_subjects
+from .addresses import parse_address
 from .exchange import Exchange
 from .headers import K_HOST, UNLISTED
 from .replies import error_body, reply
@@ -35,6 +36,8 @@ log = logging.getLogger("fastgw.client")
 
 # Why reading is paused (bits).
 PAUSE_PIPELINE, PAUSE_PEER, PAUSE_BUFFER, PAUSE_DEAD = 1, 2, 4, 8
+
+UNPARSED: Any = object()
 
 # SO_LINGER on, 0 seconds: closing the socket sends a reset, which every client sees as an
 # error (a FIN could pass for the end of a close-delimited body).
@@ -87,6 +90,7 @@ class ClientProtocol(asyncio.Protocol):
         "parsing",
         "paused",
         "peer",
+        "peer_address",
         "peer_subjects",
         "proto_line",
         "queue",
@@ -135,6 +139,7 @@ class ClientProtocol(asyncio.Protocol):
         self.tunnel_early: list[bytes] | None = None
         self.peer = b""
         self.peer_subjects: tuple[str, ...] | None = None  # a verified client certificate's
+        self.peer_address: Any = UNPARSED  # `peer` as an ipaddress object, once a plugin asks
 
     # -- connection events -------------------------------------------------------------
 
@@ -444,6 +449,12 @@ class ClientProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):  # already closed
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         self.transport.abort()
+
+    def address(self) -> Any:
+        """The peer's address as an ipaddress object (parsed once per connection), or None."""
+        if self.peer_address is UNPARSED:
+            self.peer_address = parse_address(self.peer)
+        return self.peer_address
 
     def busy(self) -> bool:
         """A request is being served or arriving."""

@@ -93,6 +93,9 @@ class Downstream(Protocol):
 
     def next_request_id(self) -> bytes: ...
 
+    def address(self) -> Any:
+        """The peer's address (an ipaddress object), or None."""
+
     def pause_reading_for_buffer(self) -> None: ...
 
     def resume_reading_for_buffer(self) -> None: ...
@@ -110,6 +113,7 @@ class Downstream(Protocol):
 
 class Exchange(RequestView):
     __slots__ = (
+        "added",
         "address",
         "attempts",
         "body_bytes",
@@ -353,7 +357,7 @@ class Exchange(RequestView):
         self.depth = found.prefix_depth if route.strip_prefix else -1
         certified = self.client.peer_subjects
         if route.hooked or certified is not None:
-            self.consumer = self.subject = self.scopes = self.ctx = None
+            self.consumer = self.subject = self.scopes = self.ctx = self.added = None
             self.address = UNSET
             self.logged = False
             if certified is not None:
@@ -681,6 +685,8 @@ class Exchange(RequestView):
         self.status = status
         self.head_at = now
         route = self.route
+        if route.reframe and framing == FRAMED_BY_LENGTH:
+            fields = drop_named(fields, {b"content-length"})  # body hooks may change it
         if route.response:
             self.run_response_hooks(status, fields)
         if status == 101:
@@ -692,8 +698,6 @@ class Exchange(RequestView):
             elif framing == FRAMED_BY_LENGTH and not route.reframe:
                 self.body_mode = BODY_RAW
             else:
-                if route.reframe and framing == FRAMED_BY_LENGTH:
-                    fields = drop_named(fields, {b"content-length"})  # body hooks may change it
                 if self.http11:
                     fields.append(b"Transfer-Encoding: chunked\r\n")
                     self.body_mode = BODY_CHUNKED

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from ..plugins.base import UNSAFE
-from .addresses import Address, parse_address, real_client
+from .addresses import Address, real_client
 from .headers import drop_named
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class RequestView:
         consumer: Identity | None
         subject: bytes | None
         scopes: bytes | None
+        added: bytes | None
         host: bytes | None
 
     def header(self, kind: int) -> bytes | None:
@@ -66,9 +67,7 @@ class RequestView:
     def client_address(self) -> Address | None:
         """The client's address: the peer, or behind trusted proxies the forwarded one."""
         if self.address is UNSET:
-            self.address = real_client(
-                parse_address(self.client.peer), self.xff, self.runtime.trusted
-            )
+            self.address = real_client(self.client.address(), self.xff, self.runtime.trusted)
         return self.address
 
     def authenticated(
@@ -79,6 +78,11 @@ class RequestView:
             self.consumer = identity
             self.subject = subject
             self.scopes = scopes
+
+    def add_response_fields(self, lines: bytes) -> None:
+        """Header lines (each `Name: value\\r\\n`) for the response, whichever it is: the
+        upstream's or the gateway's own. For a plugin with `adds_fields = True`."""
+        self.added = lines if self.added is None else self.added + lines
 
     def certified(self, subjects: tuple[str, ...]) -> None:
         """A verified client certificate (mTLS) authenticates the request."""

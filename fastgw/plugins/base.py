@@ -105,6 +105,7 @@ class Plugin:
     priority: ClassVar[int] = 0  # higher runs earlier within a phase
     Config: ClassVar[type] = NoConfig
     changes_length: ClassVar[bool] = True  # see on_response_body
+    adds_fields: ClassVar[bool] = False  # uses ex.add_response_fields (see docs/plugins.md)
 
     def __init__(self, config: Any, build: Build) -> None:
         self.config = config
@@ -125,8 +126,9 @@ class Plugin:
 
 
 class Build:
-    """What a plugin's `__init__` gets: the consumers, header watching, worker services, and
-    `entry_path`, where the entry being built is written (`routes[2].plugins.rate-limit`)."""
+    """What a plugin's `__init__` gets: the consumers, header watching, worker services,
+    `entry_path`, where the entry being built is written (`routes[2].plugins.rate-limit`), and
+    `behind_proxies`, whether `server.trusted_proxies` is set (else the client is the peer)."""
 
     def __init__(
         self, consumers: ConsumerIndex, services: Services, watched: dict[bytes, int]
@@ -135,6 +137,7 @@ class Build:
         self.services = services
         self.watched = watched
         self.entry_path = ""
+        self.behind_proxies = False
 
     def watch(self, name: str | bytes) -> int:
         """The kind id under which requests carry header `name` for `Exchange.header`."""

@@ -22,12 +22,20 @@ class Chain:
     def __init__(self, plugins: list[Plugin]) -> None:
         self.access = hooks(plugins, "on_request")
         self.response = hooks(plugins[::-1], "on_response")
+        if any(getattr(plugin, "adds_fields", False) for plugin in plugins):
+            self.response += (add_fields,)  # last: after it the head is no longer field groups
         bodied = [p for p in reversed(plugins) if getattr(p, "on_response_body", None)]
         self.body = hooks(bodied, "on_response_body")
         # A body hook that may change the body's length: responses are sent chunked (or
         # close-delimited to HTTP/1.0 clients) instead of with the upstream's Content-Length.
         self.reframe = any(p.changes_length for p in bodied)
         self.log = hooks(plugins, "on_log")
+
+
+def add_fields(ex: Any, status: int, head: list[bytes]) -> None:
+    """The response hook of routes whose plugins add header lines on the request side."""
+    if ex.added is not None:
+        head.append(ex.added)
 
 
 def hooks(plugins: list[Plugin], name: str) -> tuple:

@@ -27,7 +27,7 @@ from ..config.fields import (
     record,
     spec,
 )
-from ..limits import Limit, Limiter, whole_seconds
+from ..limits import EPSILON, Limit, Limiter, whole_seconds
 from .base import Build, Phase, Plugin, Reply
 
 KEY_KINDS = ("consumer", "ip", "route", "global")
@@ -84,6 +84,8 @@ def _part_reader(part: str, build: Build) -> Callable[[Any], bytes]:
         return lambda ex: ex.consumer.name.encode() if ex.consumer is not None else MISSING
 
     if part == "ip":
+        if not build.behind_proxies:
+            return lambda ex: ex.client.peer  # PERF: the peer's address, as the socket gave it
 
         def ip(ex: Any) -> bytes:
             address = ex.client_address()
@@ -144,16 +146,21 @@ class RateLimit(Plugin):
         self.key = key_reader(config.key, build)
         self.clock = build.services.clock
         self.status = config.status
-        if not config.headers:
-            self.on_response = None  # type: ignore[assignment]
+        self.adds_fields = config.headers
+        self.fields = (
+            b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n"
+            b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n"
+        )
 
     def on_request(self, ex: Any) -> Reply | Any | None:
         wait, limit, remaining, reset = self.limiter.decide(self.key(ex), self.clock())
-        if self.on_response is not None:
-            ctx = ex.ctx
-            if ctx is None:
-                ctx = ex.ctx = {}
-            ctx[self] = (limit, remaining, reset)
+        if self.adds_fields:
+            # PERF: all six fields in one formatting, handed to the exchange (no per-request
+            # state, no response hook of its own).
+            whole = int(reset)
+            if reset - whole > EPSILON:
+                whole += 1  # whole seconds, rounded up
+            ex.add_response_fields(self.fields % (limit, remaining, whole, limit, remaining, whole))
         if wait == 0.0:
             return None
         if wait > 0.0:
@@ -164,23 +171,3 @@ class RateLimit(Plugin):
             extra=b"Retry-After: %d\r\n" % whole_seconds(-wait),
             reason=f"rate-limit: over {limit} for this key",
         )
-
-    def on_response(self, ex: Any, status: int, head: list[bytes]) -> None:
-        ctx = ex.ctx
-        found = ctx.get(self) if ctx is not None else None
-        if found is None:
-            return  # an earlier plugin answered before this one ran
-        limit, remaining, reset = found
-        limit_b, remaining_b, reset_b = (
-            b"%d" % limit,
-            b"%d" % remaining,
-            b"%d" % whole_seconds(reset),
-        )
-        head += (
-            b"RateLimit-Limit", b": ", limit_b, b"\r\n",
-            b"RateLimit-Remaining", b": ", remaining_b, b"\r\n",
-            b"RateLimit-Reset", b": ", reset_b, b"\r\n",
-            b"X-RateLimit-Limit", b": ", limit_b, b"\r\n",
-            b"X-RateLimit-Remaining", b": ", remaining_b, b"\r\n",
-            b"X-RateLimit-Reset", b": ", reset_b, b"\r\n",
-        )  # fmt: skip
