@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .shared import EPSILON
+from .shared import EPSILON, SLOT
 
 if TYPE_CHECKING:
     from .shared import SharedTable
@@ -51,8 +51,25 @@ class Limiter:
         limit = self.limits[0]
         interval = limit.interval
         tag = ((hash(key) ^ limit.salt) & 0xFFFFFFFFFFFFFFFF) or 1
-        after = self.table.spend(tag, interval, limit.depth, self.max_delay, now)
-        over = after - limit.depth
+        table = self.table
+        shared = table.shared
+        if shared:
+            table.lock()
+        try:
+            # PERF: the common case (the key in the first slot of its window) read and written
+            # here, without a call per step.
+            memory = table.memory
+            offset = (tag & table.mask) * 16
+            found, tat = SLOT.unpack_from(memory, offset)
+            if found != tag:
+                offset, tat = table.find(tag, now)
+            after = (tat if tat > now else now) + interval - now
+            over = after - limit.depth
+            if over <= self.max_delay + EPSILON:
+                SLOT.pack_into(memory, offset, tag, now + after)
+        finally:
+            if shared:
+                table.unlock()
         if over <= EPSILON:
             left = int((limit.depth - after) / interval + EPSILON)
             return 0.0, limit.capacity, left if left > 0 else 0, after

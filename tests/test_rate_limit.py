@@ -289,3 +289,20 @@ def test_delay_mode_releases_waiting_requests_at_the_rate(upstream, tmp_path):
         assert waited[-1] < 1.5
     finally:
         gw.stop()
+
+
+def test_a_process_that_dies_holding_the_lock_does_not_stop_the_others(caplog):
+    table = SharedTable(1024, shared_lock=True)
+    limiter = Limiter([Limit(3, 60.0, 0, salt=9)], table, max_delay=0.0)
+    assert limiter.decide(b"k", 1.0)[0] == 0.0
+    child = os.fork()
+    if child == 0:  # a worker killed inside its critical section
+        table.lock()
+        os._exit(0)
+    os.waitpid(child, 0)
+    started = time.monotonic()
+    assert limiter.decide(b"k", 1.0)[0] == 0.0  # taken over, the count intact
+    assert time.monotonic() - started < 1.0
+    assert f"process {child} died holding the lock; taken over" in caplog.text
+    assert limiter.decide(b"k", 1.0)[0] == 0.0
+    assert limiter.decide(b"k", 1.0)[0] < 0  # 3 of 3 spent: the state was shared and kept

@@ -787,9 +787,12 @@ class Exchange(RequestView):
         """Run the route's request hooks from `position`; True when the request must not go
         on now (a plugin answered it, or one is waiting for I/O and will resume it)."""
         hooks = self.route.access
+        index = position
         try:
-            for index in range(position, len(hooks)):
+            # PERF: a counted loop, no range object (most routes have one or two hooks).
+            while index < len(hooks):
                 outcome = hooks[index](self)
+                index += 1
                 if outcome is None:
                     continue
                 if outcome.__class__ is Reply:
@@ -797,7 +800,7 @@ class Exchange(RequestView):
                 else:
                     # Only a plugin that needs I/O returns an awaitable: the one Task it costs.
                     task = self.client.loop.create_task(outcome)
-                    task.add_done_callback(partial(self.resumed, index + 1))
+                    task.add_done_callback(partial(self.resumed, index))
                 return True
         except Exception:
             log.exception("plugin error on route %s", self.route.name)
