@@ -33,6 +33,7 @@ class CompiledRoute:
         "hooked",
         "local",
         "log",
+        "max_body",
         "name",
         "preserve_host",
         "reframe",
@@ -48,8 +49,11 @@ class CompiledRoute:
         preserve_host: bool = True,
         local: LocalHandler | None = None,
         chain: Chain = EMPTY,
+        max_body: int = 0,
     ) -> None:
         self.name = name
+        # The largest request body: the route's request-size-limit, else server.limits'.
+        self.max_body = chain.max_body if chain.max_body is not None else max_body
         self.cluster = cluster
         self.strip_prefix = strip_prefix
         self.preserve_host = preserve_host
@@ -72,6 +76,7 @@ class Runtime:
         "encoded_slash",
         "header_kinds",
         "limits",
+        "max_body",
         "plugins",
         "router",
         "timeouts",
@@ -93,6 +98,7 @@ class Runtime:
         self.encoded_slash = encoded_slash  # server.paths.encoded_slash
         self.consumers = consumers or ConsumerIndex(())
         self.limits = limits
+        self.max_body = limits.max_body_bytes  # raised by compile_runtime to the largest route's
         self.timeouts = timeouts
         self.header_kinds = header_kinds  # how ClientProtocol sorts each request field
         self.trusted = trusted or Networks(())
@@ -125,13 +131,14 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
             route.strip_prefix,
             route.preserve_host,
             chain=chains.chain_for(route.plugins),
+            max_body=config.server.limits.max_body_bytes,
         )
         for i, route in enumerate(config.routes)
     ]
     services.retain()
     router, _ = build_router(config.routes, compiled)
     header_kinds = by_sent_name({**watched, **REQUEST_KINDS}) if watched else BASE_HEADER_KINDS
-    return Runtime(
+    runtime = Runtime(
         router,
         config.server.limits,
         config.server.timeouts,
@@ -141,6 +148,8 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
         consumers,
         config.server.paths.encoded_slash,
     )
+    runtime.max_body = max([runtime.max_body, *(route.max_body for route in compiled)])
+    return runtime
 
 
 def local_runtime(

@@ -81,7 +81,6 @@ class ClientProtocol(asyncio.Protocol):
         "keepalive",
         "kinds",
         "loop",
-        "max_body",
         "max_header",
         "max_line",
         "measure_head",
@@ -151,7 +150,6 @@ class ClientProtocol(asyncio.Protocol):
         timeouts = runtime.timeouts
         self.max_line = limits.max_request_line
         self.max_header = limits.max_header_bytes
-        self.max_body = limits.max_body_bytes
         self.header_timeout = timeouts.client_header
         self.keepalive = timeouts.keepalive
         self.body_timeout = timeouts.client_body

@@ -81,7 +81,6 @@ class Downstream(Protocol):
 
     transport: Any
     loop: Any
-    max_body: int
     peer: bytes
     forwarded: bytes  # the X-Forwarded-For and -Proto lines of a request without X-F-F
     proto_line: bytes
@@ -140,6 +139,7 @@ class Exchange(RequestView):
         "live",
         "logged",
         "match_path",
+        "max_body",
         "method",
         "out",
         "path",
@@ -213,7 +213,9 @@ class Exchange(RequestView):
             self.sent: list[bytes] | tuple | None = []  # what went upstream, for a replay
             self.sent_bytes = 0
             self.discard = False
-            if self.content_length > client.max_body:
+            # Until routed, the largest body any route accepts; then the route's own limit.
+            self.max_body = runtime.max_body
+            if self.content_length > runtime.max_body:
                 self.refuse(413, "request body too large")
         else:
             self.body_done = True
@@ -355,6 +357,12 @@ class Exchange(RequestView):
             return
         self.route = route
         self.depth = found.prefix_depth if route.strip_prefix else -1
+        if not self.body_done:
+            self.max_body = route.max_body  # server.limits or the route's request-size-limit
+            if self.content_length > route.max_body:
+                self.close_after = True
+                self.local_error(413, "request body too large")
+                return
         certified = self.client.peer_subjects
         if route.hooked or certified is not None:
             self.consumer = self.subject = self.scopes = self.ctx = self.added = None
@@ -470,7 +478,7 @@ class Exchange(RequestView):
         self.body_bytes += len(data)
         if self.discard or self.state == DONE:
             return
-        if self.body_bytes > self.client.max_body:
+        if self.body_bytes > self.max_body:
             self.body_too_large()
             return
         if self.chunked:
@@ -685,8 +693,6 @@ class Exchange(RequestView):
         self.status = status
         self.head_at = now
         route = self.route
-        if route.reframe and framing == FRAMED_BY_LENGTH:
-            fields = drop_named(fields, {b"content-length"})  # body hooks may change it
         if route.response:
             self.run_response_hooks(status, fields)
         if status == 101:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.fields import Errors
+from ..http.headers import drop_named
 from .base import Build, Plugin
 from .config import PluginEntry, default_config, effective
 from .registry import PLUGINS
@@ -17,7 +18,7 @@ from .registry import PLUGINS
 class Chain:
     """The bound hooks of one route."""
 
-    __slots__ = ("access", "body", "log", "reframe", "response")
+    __slots__ = ("access", "body", "log", "max_body", "reframe", "response")
 
     def __init__(self, plugins: list[Plugin]) -> None:
         self.access = hooks(plugins, "on_request")
@@ -29,7 +30,21 @@ class Chain:
         # A body hook that may change the body's length: responses are sent chunked (or
         # close-delimited to HTTP/1.0 clients) instead of with the upstream's Content-Length.
         self.reframe = any(p.changes_length for p in bodied)
+        if self.reframe:
+            self.response = (drop_length, *self.response)  # first: hooks see the head as sent
         self.log = hooks(plugins, "on_log")
+        # A plugin may set the route's largest request body (request-size-limit): applied at
+        # routing, before any hook runs, with no hook of its own.
+        limits = [
+            p.route_max_body for p in plugins if getattr(p, "route_max_body", None) is not None
+        ]
+        self.max_body = limits[0] if limits else None
+
+
+def drop_length(ex: Any, status: int, head: list[bytes]) -> None:
+    """The first response hook of routes whose body hooks may change the body's length: the
+    upstream's Content-Length goes (the body is then sent chunked, or close-delimited)."""
+    head[:] = drop_named(head, {b"content-length"})
 
 
 def add_fields(ex: Any, status: int, head: list[bytes]) -> None:

@@ -14,6 +14,7 @@ from .jwt_auth import JwtAuth
 from .key_auth import KeyAuth
 from .oauth2_introspection import OAuth2Introspection
 from .rate_limit import RateLimit
+from .request_size_limit import RequestSizeLimit
 
 PLUGINS: dict[str, type[Plugin]] = {}
 
@@ -47,5 +48,6 @@ for _cls in (
     KeyAuth,
     OAuth2Introspection,
     RateLimit,
+    RequestSizeLimit,
 ):
     register(_cls)
