@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .shared import EPSILON, SLOT
+from .shared import EPSILON, MASK64, SLOT
 
 if TYPE_CHECKING:
     from .shared import SharedTable
@@ -50,7 +50,9 @@ class Limiter:
     def decide_one(self, key: bytes, now: float) -> Decision:
         limit = self.limits[0]
         interval = limit.interval
-        tag = ((hash(key) ^ limit.salt) & 0xFFFFFFFFFFFFFFFF) or 1
+        # A tag is never 0 (the empty slot). Python's hash is seeded per interpreter, and forked
+        # workers share the master's seed, so every worker computes the same tag.
+        tag = ((hash(key) ^ limit.salt) & MASK64) or 1
         table = self.table
         shared = table.shared
         if shared:
@@ -90,7 +92,7 @@ class Limiter:
         table.lock()
         try:
             for limit in self.limits:
-                tag = ((base ^ limit.salt) & 0xFFFFFFFFFFFFFFFF) or 1
+                tag = ((base ^ limit.salt) & MASK64) or 1
                 offset, tat = table.find(tag, now)
                 after = (tat if tat > now else now) + limit.interval - now
                 over = after - limit.depth

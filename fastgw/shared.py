@@ -29,6 +29,8 @@ SLOT = struct.Struct("=Qd")  # tag, theoretical arrival time (time.monotonic sec
 PROBES = 8  # slots looked at for one key: a small window, so a miss costs little
 HOLDER = struct.Struct("=q")  # the pid of the process holding the lock; 0 when free
 STUCK = 0.05  # seconds a worker waits for the lock before it asks whether the holder lives
+EPSILON = 1e-9  # times within this of each other are equal (float sums drift by ~1e-13)
+MASK64 = (1 << 64) - 1  # tags are 64-bit
 
 log = logging.getLogger("fastgw.shared")
 taken_over = Throttled(log, 10.0)
@@ -42,18 +44,15 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
-EPSILON = 1e-9  # times within this of each other are equal (float sums drift by ~1e-13)
-MASK64 = (1 << 64) - 1
 
 
 class SharedTable:
-    __slots__ = ("acquire", "header", "mask", "memory", "release", "shared", "slots")
+    __slots__ = ("acquire", "header", "mask", "memory", "release", "shared")
 
     def __init__(self, slots: int, shared_lock: bool) -> None:
         """`slots` is rounded up to a power of two. With `shared_lock`, decisions lock across
         processes (call before fork; every process that inherits it shares the table)."""
         size = 1 << max(4, (slots - 1).bit_length())
-        self.slots = size
         self.mask = size - 1
         # Pages are only touched when used: a large table costs address space, not memory.
         self.memory = mmap.mmap(-1, (size + PROBES) * SLOT.size)
@@ -113,12 +112,6 @@ class SharedTable:
 
     def store(self, offset: int, tag: int, at: float) -> None:
         SLOT.pack_into(self.memory, offset, tag, at)
-
-
-def tag_of(*parts: bytes) -> int:
-    """A key's 64-bit tag; never 0 (the empty slot). Python's hash is seeded per interpreter,
-    and forked workers share the master's seed, so every worker computes the same tag."""
-    return (hash(b"\0".join(parts)) & MASK64) or 1
 
 
 def alive(pid: int) -> bool:

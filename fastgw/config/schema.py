@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..http.addresses import Network, network
+from ..http.paths import DECODE, KEEP, REJECT
 from ..plugins.config import PluginEntry, parse_plugins
 from ..plugins.consumers import Consumer
 from ..tls import ListenerTls, check_listener_tls
@@ -101,7 +102,7 @@ class ServerTimeouts:
 @dataclass(frozen=True)
 class Paths:
     # `%2F` / `%5C` in a path: 400, decoded to `/` / `\\`, or matched and forwarded as sent.
-    encoded_slash: str = spec(one_of("reject", "decode", "keep"), "reject")
+    encoded_slash: str = spec(one_of(REJECT, DECODE, KEEP), REJECT)
 
 
 def workers(value: Any, path: str, errors: Errors) -> Any:

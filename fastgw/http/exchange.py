@@ -551,17 +551,10 @@ class Exchange(RequestView):
 
     # -- attempts ------------------------------------------------------------------------
 
-    def end_attempt(
-        self,
-        outcome: str,
-        now: float,
-        conn: UpstreamProtocol | None = None,
-        reusable: bool = False,
-    ) -> None:
-        """Report the attempt in progress to its host, once: the completion point."""
+    def end_attempt(self, outcome: str, now: float) -> None:
+        """Report the attempt in progress to its host, once (the completion point), for every
+        end but a clean response, which response_end reports itself with its connection."""
         if not self.live:
-            if conn is not None:
-                conn.transport.close()
             return
         self.live = False
         started = self.started_at
@@ -572,8 +565,6 @@ class Exchange(RequestView):
             head_at - started if head_at else -1.0,
             now - started,
             now,
-            conn,
-            reusable,
         )
 
     def connected(self, host: Host, conn: UpstreamProtocol) -> None:

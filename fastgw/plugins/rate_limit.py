@@ -157,9 +157,9 @@ class RateLimit(Plugin):
         if self.adds_fields:
             # PERF: all six fields in one formatting, handed to the exchange (no per-request
             # state, no response hook of its own).
-            whole = int(reset)
+            whole = int(reset)  # PERF: whole_seconds(reset), inline
             if reset - whole > EPSILON:
-                whole += 1  # whole seconds, rounded up
+                whole += 1
             lines = self.fields % (limit, remaining, whole, limit, remaining, whole)
             # PERF: ex.add_response_fields, inline
             ex.added = lines if ex.added is None else ex.added + lines

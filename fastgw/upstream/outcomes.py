@@ -11,6 +11,3 @@ RESET = "reset"  # the upstream closed or reset the connection before the respon
 INVALID = "invalid"  # the response could not be parsed
 CLIENT_ABORT = "client_abort"  # the client went away, or broke the protocol mid-body
 GATEWAY_ERROR = "gateway_error"  # the gateway could not make the attempt (descriptors)
-
-# Outcomes that count against a host (for passive health and breakers).
-FAILURES = frozenset((CONNECT_ERROR, TIMEOUT, RESET, INVALID))
