@@ -123,6 +123,8 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     consumers = ConsumerIndex(config.consumers)
     build = Build(consumers, services, watched)
     build.behind_proxies = bool(config.server.trusted_proxies)
+    build.redis = config.redis
+    build.plans = config.plans
     chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(

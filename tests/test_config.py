@@ -54,10 +54,10 @@ def test_every_error_is_reported_at_once_with_its_path():
     }
     errors = errors_of(document)
     expected = [
-        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, paths, trusted_proxies, plugin_modules)",
+        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, paths, trusted_proxies, plugin_modules, state_dir)",
         'server.workers: expected an integer >= 1 or "auto", got 0',
         "server.limits.max_body_bytes: expected a size such as 16384, 16KiB or 10MiB, got '10MB'",
-        "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h or plain seconds, got '5 minutes'",
+        "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h, 1d or plain seconds, got '5 minutes'",
         "upstreams.echo.targets[0].weight: expected an integer >= 0 <= 10000, got '1'",
         "upstreams.users.targets[0].url: expected a URL 'http://host:port' or 'https://host:port' such as 'http://127.0.0.1:9001', got '127.0.0.1:9002'",
         "routes[0].upstream: unknown upstream 'userz' (known: echo, users)",
@@ -184,7 +184,8 @@ def test_listen_forms_and_workers_auto():
 
 def test_top_level_and_syntax_errors(tmp_path):
     assert errors_of({"route": [], **GOOD}) == [
-        "route: unknown key (expected one of: server, upstreams, routes, plugins, consumers)"
+        "route: unknown key (expected one of: server, upstreams, routes, plugins, consumers, redis, "
+        "plans)"
     ]
     assert errors_of([1]) == ["expected a mapping at the top level, got [1]"]
     bad_yaml = tmp_path / "bad.yaml"

@@ -175,16 +175,16 @@ def test_bad_configs_are_errors_with_their_paths():
     assert errors_of(
         {}, {"rate-limit": {"limits": [{"rate": 1, "per": 1}], "backend": "redis"}}
     ) == [
-        "routes[0].plugins.rate-limit.backend: the redis backend is not available in this "
-        "version of fastgw (use local)"
+        "routes[0].plugins.rate-limit.backend: the redis backend needs a top-level 'redis:' "
+        "section (url, timeout, pool_size); none is configured"
     ]
 
 
 def test_a_consumer_key_needs_an_authentication_plugin_on_the_route():
     limit = {"limits": [{"rate": 1, "per": 1}], "key": "consumer"}
     assert errors_of({"rate-limit": limit}) == [
-        "routes[0].plugins: rate-limit (plugins.rate-limit) is keyed on consumer, but no "
-        "authentication plugin runs on this route"
+        "routes[0].plugins: rate-limit (plugins.rate-limit) is keyed on the consumer or uses "
+        "per_plan, but no authentication plugin runs on this route"
     ]
     fine = inproc.config()
     fine["plugins"] = {"rate-limit": limit}

@@ -183,12 +183,12 @@ def one_of(*choices: str) -> Parser:
     return parse
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def duration(value: Any, path: str, errors: Errors) -> Any:
-    """Seconds as a float, from `250ms`, `10s`, `5m`, `1h` or a plain number of seconds."""
+    """Seconds as a float, from `250ms`, `10s`, `5m`, `1h`, `1d` or a plain number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
     if isinstance(value, str):
@@ -197,7 +197,7 @@ def duration(value: Any, path: str, errors: Errors) -> Any:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     return errors.add(
         path,
-        f"expected a duration such as 250ms, 10s, 5m, 1h or plain seconds, got {describe(value)}",
+        f"expected a duration such as 250ms, 10s, 5m, 1h, 1d or plain seconds, got {describe(value)}",
     )
 
 

@@ -14,10 +14,13 @@ from ..plugins.config import check_entries, parse_plugins
 from ..plugins.consumers import parse_consumers
 from ..plugins.registry import import_modules
 from ..router import Router
-from .fields import INVALID, Errors, describe, join
+from .fields import INVALID, Errors, describe, join, optional, record
 from .schema import Config, Route, Server, parse_route, parse_server, parse_upstream
+from .traffic import RedisSettings, TrafficContext, parse_plans
 
-TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "plugins", "consumers")
+parse_redis = optional(record(RedisSettings))
+
+TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "plugins", "consumers", "redis", "plans")
 
 
 class ConfigError(Exception):
@@ -85,12 +88,16 @@ def validate(document: Any, source: str = "config") -> Config:
         for problem in import_modules(server.plugin_modules):
             errors.add("server.plugin_modules", problem)
     upstreams = _parse_upstreams(document.get("upstreams"), errors)
-    consumers = parse_consumers(document.get("consumers"), errors)
+    redis = parse_redis(document.get("redis"), "redis", errors)
+    plans = parse_plans(document.get("plans"), "plans", errors)
+    plans = plans if plans is not INVALID else {}
+    consumers = parse_consumers(document.get("consumers"), errors, plans)
     global_plugins = parse_plugins(document.get("plugins"), "plugins", errors)
     routes = _parse_routes(document.get("routes"), errors)
     _check_references(document.get("upstreams"), routes, errors)
     _check_ties(routes, errors)
-    check_entries(global_plugins if global_plugins is not INVALID else {}, routes, errors)
+    context = TrafficContext(redis if redis is not INVALID else None, plans)
+    check_entries(global_plugins if global_plugins is not INVALID else {}, routes, context, errors)
     if errors:
         raise ConfigError(source, errors.items)
     assert isinstance(server, Server)
@@ -100,6 +107,8 @@ def validate(document: Any, source: str = "config") -> Config:
         routes=tuple(r for r in routes if r is not INVALID),
         plugins=global_plugins,
         consumers=consumers,
+        redis=redis,
+        plans=plans,
     )
 
 

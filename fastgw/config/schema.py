@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ from .fields import (
     spec,
     string,
 )
+from .traffic import Plan, RedisSettings
 
 _HOST_PORT = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]*)):(?P<port>\d{1,5})"
@@ -125,6 +126,8 @@ class Server:
     plugin_modules: tuple[str, ...] = spec(
         list_of(string(pattern=r"[A-Za-z_][\w.]*", hint="a Python module name")), ()
     )
+    # Where durable local state (quota counts) is kept between runs.
+    state_dir: str = spec(string(pattern=r".+", hint="a directory name"), "./fastgw-state")
 
 
 def target_url(value: Any, path: str, errors: Errors) -> Any:
@@ -251,6 +254,8 @@ class Config:
     routes: tuple[Route, ...] = spec(list_of(record(Route)), ())
     plugins: dict[str, PluginEntry] = spec(parse_plugins, factory=dict)
     consumers: tuple[Consumer, ...] = ()
+    redis: RedisSettings | None = None
+    plans: dict[str, Plan] = field(default_factory=dict)
 
 
 parse_server = record(Server)

@@ -15,6 +15,7 @@ only through the methods of UpstreamProtocol meant for it.
 from __future__ import annotations
 
 import logging
+from asyncio import isfuture
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -795,9 +796,11 @@ class Exchange(RequestView):
                 if outcome.__class__ is Reply:
                     self.answer(outcome)
                 else:
-                    # Only a plugin that needs I/O returns an awaitable: the one Task it costs.
-                    task = self.client.loop.create_task(outcome)
-                    task.add_done_callback(partial(self.resumed, index))
+                    # Only a plugin that waits returns an awaitable: a Future it resolves from a
+                    # callback costs nothing more; a coroutine costs the one Task it needs.
+                    if not isfuture(outcome):
+                        outcome = self.client.loop.create_task(outcome)
+                    outcome.add_done_callback(partial(self.resumed, index))
                 return True
         except Exception:
             log.exception("plugin error on route %s", self.route.name)

@@ -18,6 +18,7 @@ from ..config.fields import Errors, describe
 from ..http.headers import REQUEST_KINDS
 
 if TYPE_CHECKING:
+    from ..config.traffic import Plan, RedisSettings, TrafficContext
     from .consumers import ConsumerIndex
     from .services import Services
 
@@ -115,6 +116,10 @@ class Plugin:
         """Checks across fields (at load, in the master); report with `errors.add(path, ...)`."""
 
     @classmethod
+    def check_context(cls, config: Any, path: str, context: TrafficContext, errors: Errors) -> None:
+        """Checks against the config's other sections (`redis:`, `plans:`)."""
+
+    @classmethod
     def check_route(
         cls, config: Any, path: str, route: str, phases: set[Phase], errors: Errors
     ) -> None:
@@ -128,7 +133,8 @@ class Plugin:
 class Build:
     """What a plugin's `__init__` gets: the consumers, header watching, worker services,
     `entry_path`, where the entry being built is written (`routes[2].plugins.rate-limit`), and
-    `behind_proxies`, whether `server.trusted_proxies` is set (else the client is the peer)."""
+    `behind_proxies`, whether `server.trusted_proxies` is set (else the client is the peer),
+    and the config's `redis` settings and `plans`."""
 
     def __init__(
         self, consumers: ConsumerIndex, services: Services, watched: dict[bytes, int]
@@ -138,6 +144,8 @@ class Build:
         self.watched = watched
         self.entry_path = ""
         self.behind_proxies = False
+        self.redis: RedisSettings | None = None
+        self.plans: dict[str, Plan] = {}
 
     def watch(self, name: str | bytes) -> int:
         """The kind id under which requests carry header `name` for `Exchange.header`."""

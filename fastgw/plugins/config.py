@@ -7,10 +7,13 @@ a global plugin off for that route.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.fields import INVALID, Errors, boolean, describe, join, record
 from .registry import PLUGINS
+
+if TYPE_CHECKING:
+    from ..config.traffic import TrafficContext
 
 NAME_PATTERN = "a kebab-case plugin name"
 
@@ -79,10 +82,14 @@ def effective(
 
 
 def check_entries(
-    global_entries: dict[str, PluginEntry], routes: list[Any], errors: Errors
+    global_entries: dict[str, PluginEntry],
+    routes: list[Any],
+    context: TrafficContext,
+    errors: Errors,
 ) -> None:
-    """Each plugin's own cross-field checks, once per written entry (and once for the
-    defaults of a route's `{enabled: true}` that has no global entry to inherit)."""
+    """Each plugin's own cross-field checks and its checks against the config's other
+    sections, once per written entry (and once for the defaults of a route's
+    `{enabled: true}` that has no global entry to inherit)."""
     entries = list(global_entries.values())
     by_route = []
     for i, route in enumerate(routes):
@@ -98,6 +105,7 @@ def check_entries(
         checked[entry.path] = config
         if config is not INVALID:
             PLUGINS[entry.name].check(config, entry.path, errors)
+            PLUGINS[entry.name].check_context(config, entry.path, context, errors)
     for route_path, active in by_route:
         phases = {PLUGINS[entry.name].phase for entry in active}
         for entry in active:

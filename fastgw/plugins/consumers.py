@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,7 @@ class Consumer:
     basic_auth: BasicAuthCredentials | None = spec(record(BasicAuthCredentials), None)
     jwt: SubjectCredentials | None = spec(record(SubjectCredentials), None)
     mtls: SubjectCredentials | None = spec(record(SubjectCredentials), None)
+    plan: str | None = spec(string(pattern=NAME_PATTERN, hint="the name of a plan"), None)
 
     def key_digests(self) -> list[bytes]:
         if self.key_auth is None:
@@ -85,8 +87,9 @@ class Consumer:
 _parse_consumer = record(Consumer)
 
 
-def parse_consumers(raw: Any, errors: Errors) -> tuple[Consumer, ...]:
-    """Parse `consumers:` and check that no name or credential belongs to two consumers."""
+def parse_consumers(raw: Any, errors: Errors, plans: Collection[str] = ()) -> tuple[Consumer, ...]:
+    """Parse `consumers:` and check that no name or credential belongs to two consumers, and
+    that each consumer's plan is one of `plans`."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -112,6 +115,9 @@ def parse_consumers(raw: Any, errors: Errors) -> tuple[Consumer, ...]:
             claim("jwt", consumer.jwt.subject, i, "jwt.subject", "the token subject")
         if consumer.mtls is not None:
             claim("mtls", consumer.mtls.subject, i, "mtls.subject", "the certificate subject")
+        if consumer.plan is not None and consumer.plan not in plans:
+            known = ", ".join(sorted(plans)) or "none defined"
+            errors.add(f"consumers[{i}].plan", f"unknown plan '{consumer.plan}' (known: {known})")
     return tuple(c for c in parsed if c is not INVALID)
 
 
@@ -119,10 +125,11 @@ class Identity:
     """A consumer as requests see it: name, groups and its identity header fields, prebuilt
     as the `name, b": ", value, b"\r\n"` pieces of a forwarded head."""
 
-    __slots__ = ("groups", "head", "name")
+    __slots__ = ("groups", "head", "name", "plan")
 
     def __init__(self, consumer: Consumer) -> None:
         self.name = consumer.name
+        self.plan = consumer.plan  # the plan whose numbers `per_plan` limits and quotas use
         self.groups = frozenset(consumer.groups)
         head: tuple[bytes, ...] = (b"X-Consumer-Name", b": ", consumer.name.encode(), b"\r\n")
         if consumer.groups:

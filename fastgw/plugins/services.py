@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..config.traffic import RedisSettings
+from ..redis_store import RedisStore
 from ..shared import SharedTable
 
 # Keys of a table made for one process (tests, benchmarks); a gateway's comes from its master.
@@ -32,6 +34,10 @@ class Services:
         if self.table is None:
             self.table = SharedTable(PRIVATE_TABLE_SLOTS, shared_lock=False)
         return self.table
+
+    def redis_store(self, settings: RedisSettings) -> RedisStore:
+        """The worker's client of the Redis `settings` name (kept while a config uses it)."""
+        return self.keep(("redis", settings), lambda: RedisStore(settings, self.loop))
 
     def keep(self, key: Any, factory: Callable[[], Any]) -> Any:
         """The object kept under `key`, made by `factory` the first time."""
