@@ -5,6 +5,7 @@ style). Dials wait until the test completes or fails them.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections import deque
@@ -100,8 +101,14 @@ class FakeLoop:
     def call_later(self, delay: float, callback: Any, *args: Any) -> FakeTimer:
         return self.call_at(self.now + delay, callback, *args)
 
-    def call_soon(self, callback: Any, *args: Any) -> None:
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> None:
         self.ready.append((callback, args))
+
+    def create_future(self) -> asyncio.Future:
+        return asyncio.Future(loop=self)  # type: ignore[arg-type]
+
+    def get_debug(self) -> bool:
+        return False
 
     def create_connection(
         self, factory: Any, host: str, port: int, ssl: Any = None, server_hostname: Any = None

@@ -137,6 +137,84 @@ def test_status_and_headers_settings():
     assert status == 503 and headers["retry-after"] == "3600" and "x-ratelimit-reset" not in headers
 
 
+def test_delay_mode_in_process_releases_on_the_clock():
+    gw = gateway(
+        {
+            "rate-limit": {
+                "limits": [{"rate": 2, "per": "1s"}],
+                "key": "global",
+                "mode": "delay",
+                "max_delay": "1s",
+            }
+        }
+    )
+    conns = [gw.pooled()[0] for _ in range(5)]
+    clients = []
+    for _ in range(5):
+        client, ct = gw.client()
+        client.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        clients.append(ct)
+
+    def forwarded() -> int:
+        return sum(conn.exchange is not None for conn in conns)
+
+    # 2 at once, 2 waiting for their slot (0.5 s and 1 s), the fifth beyond max_delay: 429.
+    assert forwarded() == 2
+    assert [inproc.parse_response(ct.take())[0] if ct.data else None for ct in clients] == [
+        None,
+        None,
+        None,
+        None,
+        429,
+    ]
+    gw.loop.advance(0.49)
+    assert forwarded() == 2  # not before its slot
+    gw.loop.advance(0.02)
+    assert forwarded() == 3
+    gw.loop.advance(0.49)
+    assert forwarded() == 4
+
+
+def test_per_plan_numbers_replace_the_entry_s():
+    settings = inproc.config(targets=("10.0.0.1",))
+    settings["plans"] = {
+        "gold": {"rate_limit": [{"rate": 3, "per": "1h"}]},
+        "quota-only": {"quota": {"limit": 10, "per": "day"}},
+    }
+    settings["consumers"] = [
+        {"name": "alice", "plan": "gold", "key_auth": {"keys": ["a-key"]}},
+        {"name": "bob", "key_auth": {"keys": ["b-key"]}},
+        {"name": "carol", "plan": "quota-only", "key_auth": {"keys": ["c-key"]}},
+    ]
+    settings["routes"][0]["plugins"] = {
+        "key-auth": {},
+        "rate-limit": {"per_plan": True, "limits": [{"rate": 1, "per": "1h"}], "key": "consumer"},
+    }
+    gw = inproc.Gateway(settings)
+    alice = [ask(gw, b"apikey: a-key\r\n") for _ in range(4)]
+    assert [status for status, _, _ in alice] == [200, 200, 200, 429]
+    assert alice[0][1]["ratelimit-limit"] == "3"
+    for key in (b"b-key", b"c-key"):  # no plan, or a plan without rate_limit: the entry's own
+        assert [ask(gw, b"apikey: " + key + b"\r\n")[0] for _ in range(2)] == [200, 429]
+
+
+def test_per_plan_needs_authentication_and_plans_must_exist():
+    assert errors_of({}, {"rate-limit": {"limits": [{"rate": 1, "per": 1}], "per_plan": True}}) == [
+        "routes[0].plugins: rate-limit (routes[0].plugins.rate-limit) is keyed on the consumer "
+        "or uses per_plan, but no authentication plugin runs on this route"
+    ]
+    assert errors_of(
+        {},
+        plans={"gold": {"rate_limit": [{"rate": 0, "per": "1s"}], "quota": {"limit": 5}}},
+        consumers=[{"name": "a", "plan": "silver"}, {"name": "b", "plan": "gold"}],
+    ) == [
+        "plans.gold.rate_limit[0].rate: expected an integer >= 1, got 0",
+        "plans.gold.quota.per: required key is missing",
+        "consumers[0].plan: unknown plan 'silver' (known: none defined)",
+        "consumers[1].plan: unknown plan 'gold' (known: none defined)",
+    ]
+
+
 def errors_of(plugins: dict, route_plugins: dict | None = None, **document) -> list[str]:
     settings = inproc.config()
     settings["plugins"] = plugins
