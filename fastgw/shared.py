@@ -46,33 +46,28 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-class SharedTable:
-    __slots__ = ("acquire", "header", "mask", "memory", "release", "shared")
+class ProcessLock:
+    """A lock between the processes that inherit it (made before fork): a POSIX semaphore,
+    plus the holder's pid in shared memory so that a lock whose holder died is taken over."""
 
-    def __init__(self, slots: int, shared_lock: bool) -> None:
-        """`slots` is rounded up to a power of two. With `shared_lock`, decisions lock across
-        processes (call before fork; every process that inherits it shares the table)."""
-        size = 1 << max(4, (slots - 1).bit_length())
-        self.mask = size - 1
-        # Pages are only touched when used: a large table costs address space, not memory.
-        self.memory = mmap.mmap(-1, (size + PROBES) * SLOT.size)
+    __slots__ = ("acquire", "header", "release")
+
+    def __init__(self) -> None:
         self.header = mmap.mmap(-1, mmap.PAGESIZE)  # the lock holder's pid
-        self.shared = shared_lock
         semaphore = multiprocessing.get_context("fork").Lock()
         self.acquire = semaphore.acquire
         self.release = semaphore.release
 
     def lock(self) -> None:
-        if self.shared:
-            if not self.acquire(True, STUCK):
-                self.wait_or_take_over()
-            HOLDER.pack_into(self.header, 0, _pid)
+        if not self.acquire(True, STUCK):
+            self.wait_or_take_over()
+        HOLDER.pack_into(self.header, 0, _pid)
 
     def unlock(self) -> None:
-        if self.shared and HOLDER.unpack_from(self.header, 0)[0] == _pid:
+        if HOLDER.unpack_from(self.header, 0)[0] == _pid:
             HOLDER.pack_into(self.header, 0, 0)
             self.release()
-        # else another worker took the lock over from this one (it looked dead): it releases
+        # else another process took the lock over from this one (it looked dead): it releases
 
     def wait_or_take_over(self) -> None:
         """The lock is held longer than any decision takes: keep waiting while its holder
@@ -83,10 +78,30 @@ class SharedTable:
                 if self.acquire(True, STUCK):
                     return
                 continue
-            taken_over.warning(
-                "rate-limit state: process %d died holding the lock; taken over", holder
-            )
+            taken_over.warning("shared state: process %d died holding the lock; taken over", holder)
             return
+
+
+class SharedTable:
+    __slots__ = ("guard", "mask", "memory", "shared")
+
+    def __init__(self, slots: int, shared_lock: bool) -> None:
+        """`slots` is rounded up to a power of two. With `shared_lock`, decisions lock across
+        processes (call before fork; every process that inherits it shares the table)."""
+        size = 1 << max(4, (slots - 1).bit_length())
+        self.mask = size - 1
+        # Pages are only touched when used: a large table costs address space, not memory.
+        self.memory = mmap.mmap(-1, (size + PROBES) * SLOT.size)
+        self.shared = shared_lock
+        self.guard = ProcessLock()
+
+    def lock(self) -> None:
+        if self.shared:
+            self.guard.lock()
+
+    def unlock(self) -> None:
+        if self.shared:
+            self.guard.unlock()
 
     def find(self, tag: int, now: float) -> tuple[int, float]:
         """(offset, time) of the key's slot; a new key gets a reusable slot and time `now`.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from .config.loader import ConfigError, Loaded, load
 from .listeners import ListenError, bind_all
+from .plugins.services import SharedState
+from .quotas import QuotaState, QuotaTable
 from .shared import SharedTable
 from .worker import Bound, encode_config, run_worker
 
@@ -28,6 +30,7 @@ HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 # A worker that dies sooner than this after starting counts as crash-looping.
 FAST_CRASH = 1.0
 MAX_BACKOFF = 10.0
+FLUSH_EVERY = 1.0  # seconds between writes of the quota counts (when they changed)
 
 
 @dataclass
@@ -61,11 +64,17 @@ class Supervisor:
         self.version = 1
         self.slots = [WorkerSlot(i) for i in range(worker_count(loaded.config.server.workers))]
         self.stopping = False
-        # State the workers share (rate-limit buckets), made before they fork; it outlives
-        # reloads and worker restarts. Locked only when there is more than one worker.
-        self.table = SharedTable(
-            loaded.config.server.limits.max_limit_keys, shared_lock=len(self.slots) > 1
+        # State the workers share, made before they fork; it outlives reloads and worker
+        # restarts. Rate-limit buckets are locked only when there is more than one worker;
+        # quota counts are also read by the master, which keeps them in server.state_dir.
+        limits = loaded.config.server.limits
+        self.shared = SharedState(
+            SharedTable(limits.max_limit_keys, shared_lock=len(self.slots) > 1),
+            QuotaTable(limits.max_quota_keys),
         )
+        self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
+        self.quota_state.load(time.time())
+        self.flush_at = 0.0
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
@@ -82,7 +91,9 @@ class Supervisor:
         for slot in self.slots:
             self.spawn(slot)
         while True:
-            info = signal.sigtimedwait(HANDLED, 0.5)
+            info = signal.sigtimedwait(
+                HANDLED, min(0.5, max(0.0, self.flush_at - time.monotonic()))
+            )
             if info is not None:
                 if info.si_signo == signal.SIGCHLD:
                     self.reap()
@@ -93,6 +104,9 @@ class Supervisor:
             else:
                 self.reap()
             self.restart_due()
+            if time.monotonic() >= self.flush_at:
+                self.quota_state.flush()
+                self.flush_at = time.monotonic() + FLUSH_EVERY
 
     def spawn(self, slot: WorkerSlot) -> None:
         read_fd, write_fd = os.pipe()
@@ -113,7 +127,7 @@ class Supervisor:
                     read_fd,
                     self.listeners,
                     self.admin,
-                    self.table,
+                    self.shared,
                 )
             except BaseException:
                 log.exception("worker %d failed", slot.index)
@@ -176,15 +190,17 @@ class Supervisor:
         old = self.loaded.config.server
         new = loaded.config.server
         addresses = [(lst.address, lst.scheme) for lst in old.listen]
-        if (addresses, old.workers, old.admin, old.limits.max_limit_keys) != (
-            [(lst.address, lst.scheme) for lst in new.listen],
-            new.workers,
-            new.admin,
-            new.limits.max_limit_keys,
+        fixed = ("workers", "admin", "state_dir")
+        sizes = ("max_limit_keys", "max_quota_keys")
+        if (
+            addresses != [(lst.address, lst.scheme) for lst in new.listen]
+            or any(getattr(old, name) != getattr(new, name) for name in fixed)
+            or any(getattr(old.limits, name) != getattr(new.limits, name) for name in sizes)
         ):
             log.warning(
-                "changes to server.listen, server.workers, server.admin and "
-                "server.limits.max_limit_keys take effect after a restart"
+                "changes to server.listen, server.workers, server.admin, server.state_dir, "
+                "server.limits.max_limit_keys and server.limits.max_quota_keys take effect "
+                "after a restart"
             )
         self.loaded = loaded
         self.version += 1
@@ -218,6 +234,7 @@ class Supervisor:
                 deadline = float("inf")
             signal.sigtimedwait({signal.SIGCHLD}, 0.2)
             self.reap()
+        self.quota_state.flush()
         log.info("stopped")
         return 0
 

@@ -23,9 +23,8 @@ from .acceptor import Acceptor
 from .config.loader import Loaded
 from .config.schema import Listener
 from .http.client import ClientProtocol
-from .plugins.services import Services
+from .plugins.services import Services, SharedState
 from .runtime import compile_runtime, local_runtime
-from .shared import SharedTable
 from .site import Site
 from .tls import ServerTls, TlsListener
 from .upstream.host import Hosts
@@ -56,10 +55,10 @@ class Worker:
         control_fd: int | None,
         listeners: list[Bound] | None = None,
         admin: socket.socket | None = None,
-        table: SharedTable | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.loaded = loaded
-        self.table = table
+        self.shared = shared
         self.listeners = listeners or []
         self.admin_sock = admin
         self.version = version
@@ -94,7 +93,7 @@ class Worker:
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.hosts = Hosts(self.loop)
-        self.services = Services(self.loop, self.table)
+        self.services = Services(self.loop, self.shared)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
         runtime = compile_runtime(config, self.hosts, self.services)
@@ -258,9 +257,9 @@ def run_worker(
     control_fd: int | None,
     listeners: list[Bound],
     admin: socket.socket | None,
-    table: SharedTable,
+    shared: SharedState,
 ) -> int:
-    worker = Worker(loaded, version, index, control_fd, listeners, admin, table)
+    worker = Worker(loaded, version, index, control_fd, listeners, admin, shared)
     uvloop.run(worker.main())
     log.info("worker %d (pid %d) stopped", index, os.getpid())
     return 0

@@ -245,12 +245,14 @@ class Gateway:
         self.loop = FakeLoop()
         self.serving = Serving(self.loop)
         self.hosts = Hosts(self.loop)  # type: ignore[arg-type]
+        self.wall = 1_780_000_000.0  # the wall clock of calendar windows, set by tests
         self.site = Site(self.compile(settings or config()))
         self.ended: list[tuple[Host, str, float, float, float]] = []
 
     def compile(self, settings: dict) -> Any:
         services = Services(self.loop)  # type: ignore[arg-type]
         services.clock = self.loop.time
+        services.wall_clock = lambda: self.wall
         return compile_runtime(validate(settings), self.hosts, services)
 
     def reload(self, settings: dict) -> None:

@@ -89,6 +89,8 @@ class Limits:
     max_connections: int = spec(integer(min=1), 10000)
     # Rate-limit buckets the gateway keeps (shared by its workers); fixed until a restart.
     max_limit_keys: int = spec(integer(min=1024, max=1 << 28), 1 << 20)
+    # Quota counters the gateway keeps (24 bytes each, written to state_dir every second).
+    max_quota_keys: int = spec(integer(min=1024, max=1 << 24), 1 << 16)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .ip_restriction import IpRestriction
 from .jwt_auth import JwtAuth
 from .key_auth import KeyAuth
 from .oauth2_introspection import OAuth2Introspection
+from .quota import Quota
 from .rate_limit import RateLimit
 from .request_size_limit import RequestSizeLimit
 
@@ -47,6 +48,7 @@ for _cls in (
     JwtAuth,
     KeyAuth,
     OAuth2Introspection,
+    Quota,
     RateLimit,
     RequestSizeLimit,
 ):

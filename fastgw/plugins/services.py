@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..config.traffic import RedisSettings
+from ..quotas import QuotaTable
 from ..redis_store import RedisStore
 from ..shared import SharedTable
 
@@ -19,21 +21,39 @@ from ..shared import SharedTable
 PRIVATE_TABLE_SLOTS = 1 << 16
 
 
+@dataclass
+class SharedState:
+    """What the master makes before it forks, shared by every worker: rate-limit buckets and
+    quota counts."""
+
+    limits: SharedTable
+    quotas: QuotaTable
+
+
 class Services:
-    def __init__(self, loop: asyncio.AbstractEventLoop, table: SharedTable | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, shared: SharedState | None = None) -> None:
         self.loop = loop
         self.kept: dict[Any, Any] = {}
         self.used: set[Any] = set()
-        self.table = table
+        self.table = shared.limits if shared is not None else None
+        self.quotas = shared.quotas if shared is not None else None
         # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
         # (the loop's own time is coarse and per process). Tests may swap it.
         self.clock: Callable[[], float] = time.monotonic
+        # The wall clock of calendar windows (quotas). Tests may swap it.
+        self.wall_clock: Callable[[], float] = time.time
 
     def limit_table(self) -> SharedTable:
         """The gateway's shared table of rate-limit buckets (fastgw/shared.py)."""
         if self.table is None:
             self.table = SharedTable(PRIVATE_TABLE_SLOTS, shared_lock=False)
         return self.table
+
+    def quota_table(self) -> QuotaTable:
+        """The gateway's shared table of quota counts (fastgw/quotas.py)."""
+        if self.quotas is None:
+            self.quotas = QuotaTable(PRIVATE_TABLE_SLOTS)
+        return self.quotas
 
     def redis_store(self, settings: RedisSettings) -> RedisStore:
         """The worker's client of the Redis `settings` name (kept while a config uses it)."""
