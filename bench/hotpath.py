@@ -77,12 +77,17 @@ def plugin_settings(plugin: str) -> dict:
     """The global plugins of each --plugin choice ("none": the same requests, no plugin)."""
     if plugin == "jwt-auth":
         return {"jwt-auth": {"algorithms": ["RS256"], "public_key_file": signer()[1]}}
-    if plugin == "rate-limit":  # a limit high enough never to refuse, keyed by client address
+    # Limits high enough never to refuse, keyed by client address.
+    if plugin == "rate-limit":
         return {"rate-limit": {"limits": [{"rate": 1_000_000_000, "per": "1s"}], "key": "ip"}}
+    if plugin == "quota":
+        return {"quota": {"limit": 1_000_000_000, "per": "month", "key": "ip"}}
+    if plugin == "concurrency-limit":
+        return {"concurrency-limit": {"max": 1_000_000, "key": "ip"}}
     return {"key-auth": {}} if plugin == "key-auth" else {}
 
 
-PLUGINS = ("none", "key-auth", "jwt-auth", "rate-limit")
+PLUGINS = ("none", "key-auth", "jwt-auth", "rate-limit", "quota", "concurrency-limit")
 
 
 def with_credentials(request: bytes) -> bytes:

@@ -133,6 +133,22 @@ class FastGW(Service):
             time.sleep(0.02)
 
 
+class BenchRedis(Service):
+    """redis-server (the OS package) on a free port, without persistence, for shared limits."""
+
+    name = "redis"
+
+    def __init__(self, workdir: Path, cpu: str | None = None) -> None:
+        port = free_port()
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        super().__init__([*command, "--appendonly", "no"], port, cpu, workdir / f"redis-{port}.log")
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
 def route_table(count: int) -> list[dict]:
     """`count` routes: distinct services with exact, parameter and prefix paths, and a catch-all."""
     routes = []

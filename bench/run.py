@@ -29,12 +29,14 @@ from . import tools
 from .procs import (
     NGINX_BUFFERS,
     ROOT,
+    BenchRedis,
     BenchUpstream,
     FastGW,
     Minimal,
     Nginx,
     cpu_seconds,
     nginx_available,
+    redis_available,
     rss_kib,
 )
 
@@ -200,7 +202,9 @@ def throughput(
     upstream = BenchUpstream(run.workdir, size, cpu=run.load_cpu)
     started = proxies(run, upstream.port, yardstick=True)
     try:
-        targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
+        targets = [("direct", [], upstream.port)] + [
+            (p.name, p.pids(), p.port) for p in started if p.name != "redis"
+        ]
         rounds = interleaved(
             run,
             targets,
@@ -294,6 +298,16 @@ def scenario_latency(run: Run) -> dict:
     rate, seconds = (200, 2.0) if run.smoke else (2000, 10.0)
     upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
     started = proxies(run, upstream.port, yardstick=True)
+    if redis_available():  # what a rate limit decided in Redis adds to latency
+        redis = BenchRedis(run.workdir)
+        limited = FastGW(
+            run.workdir,
+            upstream.port,
+            cpu=run.proxy_cpu,
+            extra={"plugins": NEVER_LIMITED_REDIS, **redis_section(redis)},
+        )
+        limited.name = "fastgw-rate-limit-redis"
+        started += [limited, redis]
     try:
         targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
         rounds = interleaved(
@@ -313,6 +327,13 @@ def scenario_latency(run: Run) -> dict:
             print(
                 f"  {name}: added over direct p50 {entry['added_p50_ms']:.3f} ms, p99 {entry['added_p99_ms']:.3f} ms"
             )
+    if "fastgw-rate-limit-redis" in summary:
+        limited, plain = summary["fastgw-rate-limit-redis"], summary["fastgw"]
+        limited["added_over_fastgw_p50_ms"] = (limited["p50"] - plain["p50"]) / 1000
+        print(
+            "  rate-limit redis: added over fastgw p50 "
+            f"{limited['added_over_fastgw_p50_ms']:.3f} ms (target < 0.3 ms)"
+        )
     return {"summary": summary, "rounds": rounds}
 
 
@@ -427,19 +448,24 @@ def scenario_plugins(run: Run) -> dict:
     Every request carries an API key and an RS256 JWT, so all set-ups see identical bytes;
     the difference in CPU per request is what a plugin costs. A rate limit high enough never
     to refuse runs with one worker and with two (whose shared state takes a lock), each against
-    no plugins with as many workers. Later plugin issues add their set-ups here.
+    no plugins with as many workers, and with the redis backend (a local redis-server, whose own
+    CPU is not counted). Later plugin issues add their set-ups here.
     """
     key, token, pem = bench_credentials(run.workdir)
     consumers = [{"name": "bench", "key_auth": {"keys": [key]}, "jwt": {"subject": "bench"}}]
-    never = {"rate-limit": {"limits": [{"rate": 1_000_000_000, "per": "1s"}], "key": "ip"}}
     chains = {  # name: (plugins, workers)
         "no-plugins": ({}, 1),
         "key-auth": ({"key-auth": {}}, 1),
         "jwt-auth": ({"jwt-auth": {"algorithms": ["RS256"], "public_key_file": str(pem)}}, 1),
-        "rate-limit": (never, 1),
+        "rate-limit": (NEVER_LIMITED, 1),
         "no-plugins-w2": ({}, 2),
-        "rate-limit-w2": (never, 2),
+        "rate-limit-w2": (NEVER_LIMITED, 2),
     }
+    redis = BenchRedis(run.workdir) if redis_available() else None
+    if redis is not None:
+        chains["rate-limit-redis"] = (NEVER_LIMITED_REDIS, 1)
+    else:
+        run.note("redis-server not installed: no rate-limit-redis set-up")
     upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
     setups = [
         (
@@ -449,7 +475,7 @@ def scenario_plugins(run: Run) -> dict:
                 upstream.port,
                 workers=workers,
                 cpu=run.proxy_cpu,
-                extra={"consumers": consumers, "plugins": plugins},
+                extra={"consumers": consumers, "plugins": plugins, **redis_section(redis)},
             ),
         )
         for name, (plugins, workers) in chains.items()
@@ -458,7 +484,7 @@ def scenario_plugins(run: Run) -> dict:
         run,
         "plugins: small with a global plugin (vs direct = vs no plugins)",
         setups,
-        [gw for _, gw in setups] + [upstream],
+        [gw for _, gw in setups] + [upstream] + ([redis] if redis is not None else []),
         headers=(("apikey", key), ("Authorization", f"Bearer {token}")),
     )
     summary = result["summary"]
@@ -474,6 +500,16 @@ def scenario_plugins(run: Run) -> dict:
         if summary[name]["errors"]:
             print(f"  {name}: {summary[name]['errors']} request(s) failed: check the credentials")
     return result
+
+
+# A rate limit high enough never to refuse, keyed by client address: what a limit costs.
+NEVER_LIMITED = {"rate-limit": {"limits": [{"rate": 1_000_000_000, "per": "1s"}], "key": "ip"}}
+NEVER_LIMITED_REDIS = {"rate-limit": {**NEVER_LIMITED["rate-limit"], "backend": "redis"}}
+
+
+def redis_section(redis: BenchRedis | None) -> dict:
+    """The top-level `redis:` of a set-up, when a bench redis-server runs."""
+    return {"redis": {"url": redis.url, "timeout": "50ms"}} if redis is not None else {}
 
 
 def bench_credentials(workdir: Path) -> tuple[str, str, Path]:

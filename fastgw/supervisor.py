@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .concurrency import ConcurrencyTable
 from .config.loader import ConfigError, Loaded, load
 from .listeners import ListenError, bind_all
 from .plugins.services import SharedState
@@ -71,6 +72,7 @@ class Supervisor:
         self.shared = SharedState(
             SharedTable(limits.max_limit_keys, shared_lock=len(self.slots) > 1),
             QuotaTable(limits.max_quota_keys),
+            ConcurrencyTable(limits.max_concurrency_keys, len(self.slots)),
         )
         self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
         self.quota_state.load(time.time())
@@ -155,6 +157,7 @@ class Supervisor:
         os.close(slot.control)
         slot.control = -1
         slot.pid = 0
+        self.shared.concurrency.forget_worker(slot.index)  # what it held is free again
         if self.stopping:
             return
         lived = time.monotonic() - slot.started
@@ -191,16 +194,16 @@ class Supervisor:
         new = loaded.config.server
         addresses = [(lst.address, lst.scheme) for lst in old.listen]
         fixed = ("workers", "admin", "state_dir")
-        sizes = ("max_limit_keys", "max_quota_keys")
+        sizes = ("max_limit_keys", "max_quota_keys", "max_concurrency_keys")
         if (
             addresses != [(lst.address, lst.scheme) for lst in new.listen]
             or any(getattr(old, name) != getattr(new, name) for name in fixed)
             or any(getattr(old.limits, name) != getattr(new.limits, name) for name in sizes)
         ):
             log.warning(
-                "changes to server.listen, server.workers, server.admin, server.state_dir, "
-                "server.limits.max_limit_keys and server.limits.max_quota_keys take effect "
-                "after a restart"
+                "changes to server.listen, server.workers, server.admin, server.state_dir "
+                "and server.limits.max_limit_keys, max_quota_keys and max_concurrency_keys take "
+                "effect after a restart"
             )
         self.loaded = loaded
         self.version += 1

@@ -93,7 +93,7 @@ class Worker:
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.hosts = Hosts(self.loop)
-        self.services = Services(self.loop, self.shared)
+        self.services = Services(self.loop, self.shared, self.index)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
         runtime = compile_runtime(config, self.hosts, self.services)

@@ -357,6 +357,7 @@ def demo(tmp_path: Path, config_name: str) -> Iterator[int]:
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
     text = text.replace("127.0.0.1:9901", f"127.0.0.1:{admin}")
     text = text.replace("127.0.0.1:9001", f"127.0.0.1:{echo}")
+    text = text.replace("./fastgw-state", str(tmp_path / "fastgw-state"))
     path = tmp_path / config_name
     path.write_text(text)
     proc = subprocess.Popen(

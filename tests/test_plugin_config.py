@@ -53,7 +53,8 @@ def test_plugin_mistakes_all_at_once(tmp_path):
         [
             "plugins.key-auth.header: expected a header name, got 5",
             "plugins.no-such-plugin: unknown plugin 'no-such-plugin' (known: acl, basic-auth, "
-            "correlation-id, cors, ip-restriction, jwt-auth, key-auth, oauth2-introspection, rate-limit, request-size-limit)",
+            "concurrency-limit, correlation-id, cors, ip-restriction, jwt-auth, key-auth, "
+            "oauth2-introspection, quota, rate-limit, request-size-limit)",
             "routes[0].plugins.jwt-auth.algorithms[0]: unsupported algorithm 'none' (supported: "
             "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)",
             "routes[1].plugins.jwt-auth.public_key_file: cannot read '/nope.pem': No such file or directory",

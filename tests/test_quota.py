@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -14,7 +15,7 @@ import pytest
 from fastgw.quotas import QuotaTable, bounds
 
 from . import inproc
-from .support import Gateway, base_config, request, wait_for
+from .support import Gateway, base_config, demo, request, wait_for
 from .test_rate_limit import errors_of
 
 UTC = ZoneInfo("UTC")
@@ -275,3 +276,22 @@ def test_a_quota_in_redis_is_shared_and_outlives_the_gateways(upstream, redis_se
             assert len(keys) == 1 and client.ttl(keys[0]) > 0  # expires after its month
     finally:
         again.stop()
+
+
+def test_the_readme_limits_example_does_what_the_readme_says(tmp_path):
+    with demo(tmp_path, "limits.yaml") as port:
+        bob = [
+            request(port, "GET", "/api/x", headers=[("apikey", "bob-secret-key")]) for _ in range(3)
+        ]
+        assert [r.status for r in bob][:2] == [200, 200] and bob[2].status == 429
+        assert bob[2].header("retry-after") == "1"
+        assert [r.header("x-quota-remaining") for r in bob[:2]] == ["99", "98"]
+        carol = request(port, "GET", "/api/x", headers=[("apikey", "carol-secret-key")])
+        assert carol.status == 200 and carol.header("x-quota-limit") == "20"
+        times = []
+        for _ in range(4):
+            started = time.monotonic()
+            assert request(port, "GET", "/public/x").status == 200
+            times.append(time.monotonic() - started)
+        assert max(times[:3]) < 0.5 and times[3] > 0.5  # the fourth waited for its slot
+    assert (tmp_path / "fastgw-state" / "quotas.state").exists()  # written at the stop

@@ -91,6 +91,8 @@ class Limits:
     max_limit_keys: int = spec(integer(min=1024, max=1 << 28), 1 << 20)
     # Quota counters the gateway keeps (24 bytes each, written to state_dir every second).
     max_quota_keys: int = spec(integer(min=1024, max=1 << 24), 1 << 16)
+    # Keys with requests in flight under concurrency-limit at once (all workers together).
+    max_concurrency_keys: int = spec(integer(min=1024, max=1 << 22), 1 << 14)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Terms:
 class Quota(Plugin):
     name = "quota"
     phase = Phase.RATE_LIMIT
-    priority = -1  # after rate-limit: a request a rate limit refuses spends no quota
+    priority = -2  # after rate-limit and concurrency-limit: a request they refuse spends none
     Config = QuotaConfig
     adds_fields = True
 

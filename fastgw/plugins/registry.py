@@ -7,6 +7,7 @@ import importlib
 from .acl import Acl
 from .base import Plugin
 from .basic_auth import BasicAuth
+from .concurrency_limit import ConcurrencyLimit
 from .correlation_id import CorrelationId
 from .cors import Cors
 from .ip_restriction import IpRestriction
@@ -42,6 +43,7 @@ def import_modules(names: tuple[str, ...]) -> list[str]:
 for _cls in (
     Acl,
     BasicAuth,
+    ConcurrencyLimit,
     CorrelationId,
     Cors,
     IpRestriction,

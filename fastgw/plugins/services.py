@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..concurrency import ConcurrencyTable
 from ..config.traffic import RedisSettings
 from ..quotas import QuotaTable
 from ..redis_store import RedisStore
@@ -23,20 +24,28 @@ PRIVATE_TABLE_SLOTS = 1 << 16
 
 @dataclass
 class SharedState:
-    """What the master makes before it forks, shared by every worker: rate-limit buckets and
-    quota counts."""
+    """What the master makes before it forks, shared by every worker: rate-limit buckets,
+    quota counts and requests in flight."""
 
     limits: SharedTable
     quotas: QuotaTable
+    concurrency: ConcurrencyTable
 
 
 class Services:
-    def __init__(self, loop: asyncio.AbstractEventLoop, shared: SharedState | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        shared: SharedState | None = None,
+        worker_index: int = 0,
+    ) -> None:
         self.loop = loop
         self.kept: dict[Any, Any] = {}
         self.used: set[Any] = set()
         self.table = shared.limits if shared is not None else None
         self.quotas = shared.quotas if shared is not None else None
+        self.concurrency = shared.concurrency if shared is not None else None
+        self.worker_index = worker_index  # this worker's column in the concurrency table
         # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
         # (the loop's own time is coarse and per process). Tests may swap it.
         self.clock: Callable[[], float] = time.monotonic
@@ -54,6 +63,12 @@ class Services:
         if self.quotas is None:
             self.quotas = QuotaTable(PRIVATE_TABLE_SLOTS)
         return self.quotas
+
+    def concurrency_table(self) -> ConcurrencyTable:
+        """The gateway's shared counts of requests in flight (fastgw/concurrency.py)."""
+        if self.concurrency is None:
+            self.concurrency = ConcurrencyTable(PRIVATE_TABLE_SLOTS, workers=1)
+        return self.concurrency
 
     def redis_store(self, settings: RedisSettings) -> RedisStore:
         """The worker's client of the Redis `settings` name (kept while a config uses it)."""
