@@ -15,6 +15,16 @@ import struct
 
 from .shared import PROBES, ProcessLock
 
+class NoLock:
+    def lock(self) -> None:
+        pass
+
+    def unlock(self) -> None:
+        pass
+
+
+NO_LOCK = NoLock()
+
 # What `admit` answers.
 ADMITTED, QUEUED, REFUSED, FULL = range(4)
 
@@ -23,6 +33,8 @@ class ConcurrencyTable:
     __slots__ = ("counts", "guard", "mask", "memory", "size", "tag", "workers")
 
     def __init__(self, slots: int, workers: int) -> None:
+        """With one worker nothing else writes or reads the table while it runs (the master
+        frees its share only once it is dead), so no lock is taken."""
         self.workers = workers
         self.tag = struct.Struct("=Q")
         self.counts = struct.Struct(f"={2 * workers}i")  # in flight, queued; per worker
@@ -30,7 +42,7 @@ class ConcurrencyTable:
         capacity = 1 << max(4, (slots - 1).bit_length())
         self.mask = capacity - 1
         self.memory = mmap.mmap(-1, (capacity + PROBES) * self.size)
-        self.guard = ProcessLock()
+        self.guard = ProcessLock() if workers > 1 else NO_LOCK
 
     def find(self, tag: int) -> tuple[int, list[int]] | None:
         """(offset, counts) of the key's slot, or of a free one; None when the window is full.
@@ -40,11 +52,12 @@ class ConcurrencyTable:
         free = None
         for offset in range(first, first + PROBES * self.size, self.size):
             (found,) = self.tag.unpack_from(memory, offset)
-            counts = list(self.counts.unpack_from(memory, offset + 8))
-            if found == tag:
-                return offset, counts
-            if free is None and not any(counts):
-                free = offset, counts
+            if found == tag:  # PERF: most keys sit in the first slot of their window
+                return offset, list(self.counts.unpack_from(memory, offset + 8))
+            if free is None:
+                counts = self.counts.unpack_from(memory, offset + 8)
+                if not any(counts):
+                    free = offset, list(counts)
         if free is not None:
             self.tag.pack_into(memory, free[0], tag)
         return free
