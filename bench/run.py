@@ -202,9 +202,7 @@ def throughput(
     upstream = BenchUpstream(run.workdir, size, cpu=run.load_cpu)
     started = proxies(run, upstream.port, yardstick=True)
     try:
-        targets = [("direct", [], upstream.port)] + [
-            (p.name, p.pids(), p.port) for p in started if p.name != "redis"
-        ]
+        targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
         rounds = interleaved(
             run,
             targets,
@@ -309,7 +307,9 @@ def scenario_latency(run: Run) -> dict:
         limited.name = "fastgw-rate-limit-redis"
         started += [limited, redis]
     try:
-        targets = [("direct", [], upstream.port)] + [(p.name, p.pids(), p.port) for p in started]
+        targets = [("direct", [], upstream.port)] + [
+            (p.name, p.pids(), p.port) for p in started if p.name != "redis"
+        ]
         rounds = interleaved(
             run, targets, run.reps or 3, connections=16, duration=seconds, rps=rate
         )

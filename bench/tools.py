@@ -35,13 +35,10 @@ def have(tool: str) -> bool:
 def run_tool(args: list[str], duration: float, cpu: str | None) -> str:
     """Run a load generator (on `cpu` if given) for about `duration` s; its standard output."""
     done = subprocess.run(
-        [*pinned(cpu), *args],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=True,
-        cwd=ROOT,
+        [*pinned(cpu), *args], capture_output=True, text=True, timeout=duration + 60, cwd=ROOT
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return done.stdout
 
 

@@ -15,6 +15,7 @@ import struct
 
 from .shared import PROBES, ProcessLock
 
+
 class NoLock:
     def lock(self) -> None:
         pass

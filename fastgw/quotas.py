@@ -148,7 +148,7 @@ class QuotaState:
     def __init__(self, table: QuotaTable, state_dir: str) -> None:
         self.table = table
         self.path = Path(state_dir) / STATE_FILE
-        self.written = b""
+        self.written = table.snapshot()  # nothing is written until a count changes
         self.failing = False
 
     def load(self, now: float) -> None:

@@ -30,6 +30,7 @@ class CompiledRoute:
         "access",
         "body",
         "cluster",
+        "fields",
         "hooked",
         "local",
         "log",
@@ -61,10 +62,13 @@ class CompiledRoute:
         # PERF: the plugin hooks bound per phase; an empty tuple skips the phase entirely.
         self.access = chain.access
         self.response = chain.response
+        self.fields = chain.fields
         self.body = chain.body
         self.reframe = chain.reframe
         self.log = chain.log
-        self.hooked = bool(chain.access or chain.response or chain.body or chain.log)
+        self.hooked = bool(
+            chain.access or chain.response or chain.fields or chain.body or chain.log
+        )
 
 
 BASE_HEADER_KINDS = by_sent_name(REQUEST_KINDS)

@@ -91,3 +91,21 @@ def test_a_bad_size_is_an_error_with_its_path():
         "routes[0].plugins.request-size-limit.max_body_bytes: expected a size such as 16384, "
         "16KiB or 10MiB, got 'lots'"
     ]
+
+
+def test_a_413_before_the_plugins_still_gets_the_route_s_response_hooks(caplog):
+    config = inproc.config(targets=("10.0.0.1",))
+    config["routes"][0]["plugins"] = {
+        "request-size-limit": {"max_body_bytes": 10},
+        "cors": {"origins": ["*"]},
+        "rate-limit": {"limits": [{"rate": 5, "per": "1s"}]},
+    }
+    gw = inproc.Gateway(config)
+    client, ct = gw.client()
+    client.data_received(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example\r\nContent-Length: 100\r\n\r\n"
+    )
+    status, headers, _ = inproc.parse_response(ct.take())
+    assert status == 413 and headers["access-control-allow-origin"] == "*"
+    assert "ratelimit-limit" not in headers  # the limit had not run: nothing to say
+    assert "plugin error" not in caplog.text

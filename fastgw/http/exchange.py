@@ -358,23 +358,25 @@ class Exchange(RequestView):
             return
         self.route = route
         self.depth = found.prefix_depth if route.strip_prefix else -1
+        certified = self.client.peer_subjects
+        if route.hooked or certified is not None:
+            # Before any reply: the route's response and log hooks read these.
+            self.consumer = self.subject = self.scopes = self.ctx = self.added = None
+            self.address = UNSET
+            self.logged = False
         if not self.body_done:
             self.max_body = route.max_body  # server.limits or the route's request-size-limit
             if self.content_length > route.max_body:
                 self.close_after = True
                 self.local_error(413, "request body too large")
                 return
-        certified = self.client.peer_subjects
         if route.hooked or certified is not None:
-            self.consumer = self.subject = self.scopes = self.ctx = self.added = None
-            self.address = UNSET
-            self.logged = False
             if certified is not None:
                 self.certified(certified)
             if route.access:
                 if self.run_access(0):
                     return
-            else:
+            elif certified is not None:
                 self.add_identity()
         self.proceed()
 
@@ -687,6 +689,10 @@ class Exchange(RequestView):
         route = self.route
         if route.response:
             self.run_response_hooks(status, fields)
+        if route.fields:
+            added = self.added  # PERF: the lines plugins decided on the request side, no hook
+            if added is not None:
+                fields.append(added)
         if status == 101:
             fields.append(b"Connection: upgrade\r\n")
             self.body_mode = BODY_NONE
@@ -806,7 +812,9 @@ class Exchange(RequestView):
             log.exception("plugin error on route %s", self.route.name)
             self.local_error(500, "internal error")
             return True
-        self.add_identity()
+        # PERF: most requests on hooked routes carry no identity (a rate limit, CORS alone).
+        if self.consumer is not None or self.subject is not None or self.scopes is not None:
+            self.add_identity()
         return False
 
     def resumed(self, position: int, task: Any) -> None:
@@ -898,10 +906,12 @@ class Exchange(RequestView):
         request_id = self.request_id
         if route is not None:
             self.status = status
-        if route is not None and route.response:
+        if route is not None and (route.response or route.fields):
             # The route's response hooks see the gateway's own replies too (e.g. CORS on a 401).
             head = [b"X-Request-ID", b": ", request_id, b"\r\n"]
             self.run_response_hooks(status, head)
+            if route.fields and self.added is not None:
+                head.append(self.added)
             extra = b"".join(head) + extra
             request_id = b""
         client.transport.write(

@@ -18,13 +18,14 @@ from .registry import PLUGINS
 class Chain:
     """The bound hooks of one route."""
 
-    __slots__ = ("access", "body", "log", "max_body", "reframe", "response")
+    __slots__ = ("access", "body", "fields", "log", "max_body", "reframe", "response")
 
     def __init__(self, plugins: list[Plugin]) -> None:
         self.access = hooks(plugins, "on_request")
         self.response = hooks(plugins[::-1], "on_response")
-        if any(getattr(plugin, "adds_fields", False) for plugin in plugins):
-            self.response += (add_fields,)  # last: after it the head is no longer field groups
+        # Lines plugins add on the request side (`ex.add_response_fields`): the exchange
+        # appends them to every response of the route after the response hooks (no hook).
+        self.fields = any(getattr(plugin, "adds_fields", False) for plugin in plugins)
         bodied = [p for p in reversed(plugins) if getattr(p, "on_response_body", None)]
         self.body = hooks(bodied, "on_response_body")
         # A body hook that may change the body's length: responses are sent chunked (or
@@ -45,12 +46,6 @@ def drop_length(ex: Any, status: int, head: list[bytes]) -> None:
     """The first response hook of routes whose body hooks may change the body's length: the
     upstream's Content-Length goes (the body is then sent chunked, or close-delimited)."""
     head[:] = drop_named(head, {b"content-length"})
-
-
-def add_fields(ex: Any, status: int, head: list[bytes]) -> None:
-    """The response hook of routes whose plugins add header lines on the request side."""
-    if ex.added is not None:
-        head.append(ex.added)
 
 
 def hooks(plugins: list[Plugin], name: str) -> tuple:
