@@ -297,7 +297,7 @@ def scenario_latency(run: Run) -> dict:
     upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
     started = proxies(run, upstream.port, yardstick=True)
     if redis_available():  # what a rate limit decided in Redis adds to latency
-        redis = BenchRedis(run.workdir)
+        redis = BenchRedis(run.workdir, cpu=run.load_cpu)
         limited = FastGW(
             run.workdir,
             upstream.port,
@@ -461,7 +461,7 @@ def scenario_plugins(run: Run) -> dict:
         "no-plugins-w2": ({}, 2),
         "rate-limit-w2": (NEVER_LIMITED, 2),
     }
-    redis = BenchRedis(run.workdir) if redis_available() else None
+    redis = BenchRedis(run.workdir, cpu=run.load_cpu) if redis_available() else None
     if redis is not None:
         chains["rate-limit-redis"] = (NEVER_LIMITED_REDIS, 1)
     else:

@@ -1,10 +1,10 @@
 """Limit and quota decisions in a Redis shared by several gateways.
 
 One decision is one run of a Lua script, atomic in Redis and on Redis's clock (`TIME`), never
-a gateway's; keys expire by themselves. redis-py's asyncio client (with hiredis) costs about
-120 us of CPU per round trip here (measured: bench/README.md), far over the budget of a
-request, so the decisions of one event-loop turn go together: they are queued, and at the end
-of the turn each script runs once for the whole batch (one EVALSHA, one round trip, one Task).
+a gateway's; keys expire by themselves. Even a lean client costs a round trip's system calls
+and a Task, so the decisions of one event-loop turn go together: they are queued, and at the
+end of the turn each script runs once for the whole batch (one EVALSHA, one round trip, one
+Task) on one of `pool_size` connections (fastgw/redis_client.py).
 
 Redis down, slow or failing costs each decision at most `redis.timeout`; then the caller gets
 None and follows its `on_backend_failure`. After a failure the store backs off (0.1 s doubling
@@ -20,14 +20,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+import hiredis
 
 from .config.traffic import RedisSettings, redacted
 from .logs import Throttled
+from .redis_client import RedisClient, RedisReplyError
 
 log = logging.getLogger("fastgw.redis")
 
@@ -124,16 +121,7 @@ class RedisStore:
         self.loop = loop
         self.timeout = settings.timeout
         self.shown = redacted(settings.url)
-        pool = BlockingConnectionPool.from_url(
-            settings.url,
-            max_connections=settings.pool_size,
-            timeout=None,  # waiting for a connection is bounded by the decision's timeout
-            socket_connect_timeout=settings.timeout,
-            socket_timeout=None,
-            retry=Retry(NoBackoff(), 0),
-            client_name="fastgw",
-        )
-        self.client = Redis(connection_pool=pool)
+        self.client = RedisClient(settings.url, settings.pool_size, settings.timeout, loop)
         self.queued: dict[Script, list[tuple[list[bytes], tuple[int, ...], Done]]] = {}
         self.down_until = 0.0
         self.backoff = FIRST_BACKOFF
@@ -168,14 +156,19 @@ class RedisStore:
         for item_keys, args, _ in batch:
             keys += item_keys
             argv += args
+        call = self.client.call
         try:
             async with asyncio.timeout(self.timeout):
                 try:
-                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *argv)
-                except NoScriptError:  # a restarted or flushed Redis: load it, once
-                    await self.client.script_load(script.text)
-                    reply = await self.client.evalsha(script.sha, len(keys), *keys, *argv)
-        except (TimeoutError, RedisError, OSError) as error:
+                    reply = await call("EVALSHA", script.sha, len(keys), *keys, *argv)
+                except RedisReplyError as error:
+                    if not str(error).startswith("NOSCRIPT"):
+                        raise
+                    await call("SCRIPT", "LOAD", script.text)  # a restarted or flushed Redis
+                    reply = await call("EVALSHA", script.sha, len(keys), *keys, *argv)
+        except (TimeoutError, RedisReplyError, hiredis.ProtocolError, OSError) as error:
+            if isinstance(error, TimeoutError):
+                self.client.drop()
             self.failed(error)
             for _, _, done in batch:
                 done(None)
@@ -189,7 +182,7 @@ class RedisStore:
     def failed(self, error: BaseException) -> None:
         if isinstance(error, TimeoutError):
             cause, detail = "timeout", f"no answer within {self.timeout * 1000:g} ms"
-        elif isinstance(error, (RedisConnectionError, OSError)):
+        elif isinstance(error, OSError):  # refused, reset, closed (ConnectionError is one)
             cause, detail = "unreachable", str(error) or error.__class__.__name__
         else:
             cause, detail = "error", str(error) or error.__class__.__name__
@@ -205,7 +198,7 @@ class RedisStore:
 
     def close(self) -> None:
         """No config uses this Redis any more: its connections close."""
-        self.loop.create_task(self.client.aclose(close_connection_pool=True))
+        self.client.close()
 
 
 def key_prefix(kind: bytes, *settings: Any) -> bytes:

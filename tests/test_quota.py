@@ -295,3 +295,20 @@ def test_the_readme_limits_example_does_what_the_readme_says(tmp_path):
             times.append(time.monotonic() - started)
         assert max(times[:3]) < 0.5 and times[3] > 0.5  # the fourth waited for its slot
     assert (tmp_path / "fastgw-state" / "quotas.state").exists()  # written at the stop
+
+
+def test_limit_and_quota_fields_on_a_gateway_error_response():
+    settings = inproc.config(targets=("10.0.0.1",))
+    settings["routes"][0]["plugins"] = {
+        "rate-limit": {"limits": [{"rate": 10, "per": "1m"}], "key": "ip"},
+        "quota": {"limit": 100, "per": "day", "key": "ip"},
+    }
+    gw = inproc.Gateway(settings)
+    conn, _ = gw.pooled()
+    client, ct = gw.client()
+    client.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    conn.data_received(b"this is not HTTP\r\n\r\n")  # the upstream fails: the gateway's 502
+    status, headers, _ = inproc.parse_response(ct.take())
+    assert status == 502
+    assert headers["ratelimit-remaining"] == "9" and headers["x-ratelimit-limit"] == "10"
+    assert headers["x-quota-remaining"] == "99" and headers["x-quota-limit"] == "100"
