@@ -110,8 +110,8 @@ class RedisConnection(asyncio.Protocol):
 
 
 class RedisClient:
-    """Up to `size` connections, opened when first needed and again after they fail; calls
-    take them in turn. A call that times out should `drop` its connection."""
+    """Up to `size` connections, opened when first needed and again after they fail or are
+    closed; calls take them in turn."""
 
     def __init__(
         self, url: str, size: int, connect_timeout: float, loop: asyncio.AbstractEventLoop
@@ -122,11 +122,19 @@ class RedisClient:
         self.slots: list[asyncio.Future | None] = [None] * size  # a connection, or its opening
         self.turn = 0
 
-    async def call(self, *args: Any) -> Any:
-        connection = await self.connection()
-        return await connection.call(*args)
+    def ready(self) -> RedisConnection | None:
+        """The next open connection in turn, or None when it must be opened (`connection`)."""
+        slot = self.slots[self.turn]
+        if slot is not None and slot.done() and not slot.cancelled() and slot.exception() is None:
+            connection = slot.result()
+            if not connection.closed:
+                self.turn = (self.turn + 1) % len(self.slots)
+                return connection
+        return None
 
     async def connection(self) -> RedisConnection:
+        """The next connection in turn, opened if it is not (several callers share one
+        opening)."""
         index = self.turn
         self.turn = (index + 1) % len(self.slots)
         slot = self.slots[index]
@@ -163,17 +171,13 @@ class RedisClient:
             raise
         return connection
 
-    def drop(self) -> None:
-        """Close every open connection (a call timed out: what it still owes may never come,
-        and later calls must not queue behind it). An opening one ends by its own timeout."""
+    def close(self) -> None:
+        """Close every open connection (an opening one ends by its own timeout)."""
         for index, slot in enumerate(self.slots):
             if slot is not None and slot.done():
                 if not slot.cancelled() and slot.exception() is None:
                     slot.result().close()
                 self.slots[index] = None
-
-    def close(self) -> None:
-        self.drop()
 
 
 def _retrieve(task: asyncio.Future) -> None:

@@ -3,8 +3,9 @@
 One decision is one run of a Lua script, atomic in Redis and on Redis's clock (`TIME`), never
 a gateway's; keys expire by themselves. Even a lean client costs a round trip's system calls
 and a Task, so the decisions of one event-loop turn go together: they are queued, and at the
-end of the turn each script runs once for the whole batch (one EVALSHA, one round trip, one
-Task) on one of `pool_size` connections (fastgw/redis_client.py).
+end of the turn each script runs once for the whole batch (one EVALSHA, one round trip) on one
+of `pool_size` connections (fastgw/redis_client.py), answered by callbacks: a Task only when
+a connection must be opened first.
 
 Redis down, slow or failing costs each decision at most `redis.timeout`; then the caller gets
 None and follows its `on_backend_failure`. After a failure the store backs off (0.1 s doubling
@@ -18,13 +19,14 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import hiredis
 
 from .config.traffic import RedisSettings, redacted
 from .logs import Throttled
-from .redis_client import RedisClient, RedisReplyError
+from .redis_client import RedisClient, RedisConnection, RedisReplyError
 
 log = logging.getLogger("fastgw.redis")
 
@@ -33,6 +35,7 @@ MAX_BACKOFF = 2.0
 MAX_BATCH = 256  # decisions in one script run: bounds how long Redis is busy with one call
 
 Done = Callable[[list[int] | None], None]
+Queued = tuple[list[bytes], tuple[int, ...], Done]  # the keys, arguments and callback of one
 
 
 class Script:
@@ -113,6 +116,37 @@ return out
 )
 
 
+class Call:
+    """One script run for a batch of decisions, until it is answered or its deadline."""
+
+    __slots__ = ("args", "batch", "deadline", "over", "script", "timer")
+
+    def __init__(self, script: Script, batch: list[Queued], deadline: float) -> None:
+        keys: list[bytes] = []
+        argv: list[int] = [len(batch)]
+        for item_keys, args, _ in batch:
+            keys += item_keys
+            argv += args
+        self.args = ("EVALSHA", script.sha, len(keys), *keys, *argv)
+        self.script = script
+        self.batch = batch
+        self.deadline = deadline
+        self.timer: Any = None
+        self.over = False
+
+    def answer(self, reply: list[int]) -> None:
+        self.over = True
+        width = self.script.width
+        for index, (_, _, done) in enumerate(self.batch):
+            done(reply[index * width : index * width + width])
+
+    def fail(self, store: RedisStore, error: BaseException) -> None:
+        self.over = True
+        store.failed(error)
+        for _, _, done in self.batch:
+            done(None)
+
+
 class RedisStore:
     """The Redis of one worker's config: a pool of `pool_size` connections and the queue of
     this turn's decisions."""
@@ -122,7 +156,7 @@ class RedisStore:
         self.timeout = settings.timeout
         self.shown = redacted(settings.url)
         self.client = RedisClient(settings.url, settings.pool_size, settings.timeout, loop)
-        self.queued: dict[Script, list[tuple[list[bytes], tuple[int, ...], Done]]] = {}
+        self.queued: dict[Script, list[Queued]] = {}
         self.down_until = 0.0
         self.backoff = FIRST_BACKOFF
         self.warnings = {
@@ -144,40 +178,58 @@ class RedisStore:
     def flush(self) -> None:
         """The end of the turn: each script's queued decisions go in one call (or a few)."""
         queued, self.queued = self.queued, {}
+        deadline = self.loop.time() + self.timeout
         for script, batch in queued.items():
             for start in range(0, len(batch), MAX_BATCH):
-                self.loop.create_task(self.run(script, batch[start : start + MAX_BATCH]))
+                self.send(Call(script, batch[start : start + MAX_BATCH], deadline))
 
-    async def run(
-        self, script: Script, batch: list[tuple[list[bytes], tuple[int, ...], Done]]
-    ) -> None:
-        keys: list[bytes] = []
-        argv: list[int] = [len(batch)]
-        for item_keys, args, _ in batch:
-            keys += item_keys
-            argv += args
-        call = self.client.call
+    def send(self, call: Call) -> None:
+        """On an open connection at once, with callbacks (no Task); else open one first."""
+        connection = self.client.ready()
+        if connection is None:
+            self.loop.create_task(self.open_and_send(call))
+        else:
+            self.sent(call, connection)
+
+    async def open_and_send(self, call: Call) -> None:
         try:
-            async with asyncio.timeout(self.timeout):
-                try:
-                    reply = await call("EVALSHA", script.sha, len(keys), *keys, *argv)
-                except RedisReplyError as error:
-                    if not str(error).startswith("NOSCRIPT"):
-                        raise
-                    await call("SCRIPT", "LOAD", script.text)  # a restarted or flushed Redis
-                    reply = await call("EVALSHA", script.sha, len(keys), *keys, *argv)
+            async with asyncio.timeout_at(call.deadline):
+                connection = await self.client.connection()
         except (TimeoutError, RedisReplyError, hiredis.ProtocolError, OSError) as error:
-            if isinstance(error, TimeoutError):
-                self.client.drop()
-            self.failed(error)
-            for _, _, done in batch:
-                done(None)
+            call.fail(self, error)
             return
-        self.down_until = 0.0
-        self.backoff = FIRST_BACKOFF
-        width = script.width
-        for index, (_, _, done) in enumerate(batch):
-            done(reply[index * width : index * width + width])
+        self.sent(call, connection)
+
+    def sent(self, call: Call, connection: RedisConnection, retried: bool = False) -> None:
+        reply = connection.call(*call.args)
+        if call.timer is None:
+            call.timer = self.loop.call_at(call.deadline, self.expired, call, connection)
+        reply.add_done_callback(partial(self.answered, call, connection, retried))
+
+    def answered(
+        self, call: Call, connection: RedisConnection, retried: bool, reply: asyncio.Future
+    ) -> None:
+        if call.over:
+            return  # already failed by its deadline
+        error = reply.exception()
+        if error is None:
+            call.timer.cancel()
+            self.down_until = 0.0
+            self.backoff = FIRST_BACKOFF
+            call.answer(reply.result())
+        elif str(error).startswith("NOSCRIPT") and not retried:
+            connection.call("SCRIPT", "LOAD", call.script.text)  # a restarted or flushed Redis
+            self.sent(call, connection, retried=True)
+        else:
+            call.timer.cancel()
+            call.fail(self, error)
+
+    def expired(self, call: Call, connection: RedisConnection) -> None:
+        """No answer by the deadline: fail the batch; the connection goes (what it still owes
+        may never come, and later calls must not queue behind it)."""
+        if not call.over:
+            connection.close()
+            call.fail(self, TimeoutError())
 
     def failed(self, error: BaseException) -> None:
         if isinstance(error, TimeoutError):

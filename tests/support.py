@@ -391,19 +391,31 @@ class RedisServer:
     """`redis-server` (the OS package) on a free loopback port, without persistence; it can be
     killed and started again on the same port. Talked to with redis-py's plain client."""
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(
+        self, password: str | None = None, tls: tuple[str, str, str] | None = None
+    ) -> None:
+        """`tls`: (certificate, key, CA) files: the server then speaks only TLS."""
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--enable-debug-command", "local"]
+        if self.tls is None:
+            command = ["redis-server", "--port", str(self.port)]
+        else:
+            command = ["redis-server", "--port", "0", "--tls-port", str(self.port)]
+            command += ["--tls-cert-file", self.tls[0], "--tls-key-file", self.tls[1]]
+            command += ["--tls-ca-cert-file", self.tls[2], "--tls-auth-clients", "no"]
+        command += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--enable-debug-command", "local"]
         if self.password:
             command += ["--requirepass", self.password]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import trustme
+
 from .support import Gateway, RedisServer, base_config, in_parallel, request, wait_for
 from .test_rate_limit import flood
 
@@ -188,3 +190,24 @@ def test_delay_mode_through_redis_waits_for_the_slot(upstream, redis_server, tmp
             assert at >= 0.1 * k - 0.05, (k, at)  # released at the rate, on Redis's clock
     finally:
         gw.stop()
+
+
+def test_rediss_with_a_private_ca(upstream, tmp_path):
+    authority = trustme.CA()
+    server_cert = authority.issue_cert("127.0.0.1")
+    cert, key, ca = (tmp_path / "redis.pem", tmp_path / "redis.key", tmp_path / "ca.pem")
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    server = RedisServer(password="tls-pw", tls=(str(cert), str(key), str(ca))).start()
+    config = shared_limit(upstream.url, server.url, {"rate": 2, "per": "1h"})
+    config["redis"]["timeout"] = "2s"  # room for the first TLS handshake on a loaded machine
+    gw = Gateway(tmp_path, config).start()
+    try:
+        assert [s for s, _ in timed(gw.port, 3)] == [200, 200, 429]  # decided in Redis, over TLS
+        with server.client() as client:
+            assert client.keys("fgw:rl:*")
+    finally:
+        gw.stop()
+        server.stop()
+    assert "tls-pw" not in gw.log()
