@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from .logs import Throttled
 from .shared import PROBES, ProcessLock
 
 SLOT = struct.Struct("=Qdq")  # tag, end of the window (unix seconds), count
@@ -30,6 +31,7 @@ MAGIC = b"FGWQUOT1"
 STATE_FILE = "quotas.state"
 
 log = logging.getLogger("fastgw.quotas")
+table_full = Throttled(log, 10.0)
 
 
 class Window:
@@ -102,7 +104,9 @@ class QuotaTable:
             if free < 0:
                 # Every slot of the window holds a live count: the quota of one of them would
                 # restart at 0. Rare with a table sized for the keys; logged, never silent.
-                log.warning("quota table full near a key: raise server.limits.max_quota_keys")
+                table_full.warning(
+                    "quota table full near a key: raise server.limits.max_quota_keys"
+                )
                 free = first
             SLOT.pack_into(memory, free, tag, end, 1)
             return True, 1

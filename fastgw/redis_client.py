@@ -144,7 +144,7 @@ class RedisClient:
             slot = None
         if slot is None:
             slot = self.slots[index] = self.loop.create_task(self.open())
-            slot.add_done_callback(_retrieve)  # a failure is its callers' to report
+            slot.add_done_callback(ignored)  # a failure is its callers' to report
         return await asyncio.shield(slot)
 
     async def open(self) -> RedisConnection:
@@ -180,6 +180,8 @@ class RedisClient:
                 self.slots[index] = None
 
 
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
+def ignored(future: asyncio.Future) -> None:
+    """A done callback for a result no one waits for: its error is retrieved (else asyncio
+    logs "exception was never retrieved")."""
+    if not future.cancelled():
+        future.exception()

@@ -26,7 +26,7 @@ import hiredis
 
 from .config.traffic import RedisSettings, redacted
 from .logs import Throttled
-from .redis_client import RedisClient, RedisConnection, RedisReplyError
+from .redis_client import RedisClient, RedisConnection, RedisReplyError, ignored
 
 log = logging.getLogger("fastgw.redis")
 
@@ -209,16 +209,17 @@ class RedisStore:
     def answered(
         self, call: Call, connection: RedisConnection, retried: bool, reply: asyncio.Future
     ) -> None:
+        error = reply.exception()  # retrieved even when no longer wanted (asyncio warns else)
         if call.over:
             return  # already failed by its deadline
-        error = reply.exception()
         if error is None:
             call.timer.cancel()
             self.down_until = 0.0
             self.backoff = FIRST_BACKOFF
             call.answer(reply.result())
         elif str(error).startswith("NOSCRIPT") and not retried:
-            connection.call("SCRIPT", "LOAD", call.script.text)  # a restarted or flushed Redis
+            # A restarted or flushed Redis: load the script, then the same call again.
+            connection.call("SCRIPT", "LOAD", call.script.text).add_done_callback(ignored)
             self.sent(call, connection, retried=True)
         else:
             call.timer.cancel()

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config.fields import Errors, boolean, describe, integer, list_of, one_of, spec
 from ..config.traffic import QUOTA_PERIODS, QuotaNumbers, TrafficContext
+from ..limits import whole_seconds
 from ..quotas import Window, tag_of
 from ..redis_store import QUOTA, key_prefix
 from .base import Build, Phase, Plugin, Reply
@@ -142,7 +143,7 @@ class Quota(Plugin):
         )
 
     def settle(self, ex: Any, limit: int, counted: bool, used: int, reset: float) -> Reply | None:
-        seconds = max(1, int(reset + 0.999))  # whole seconds, rounded up
+        seconds = whole_seconds(reset)
         remaining = limit - used if counted else 0
         ex.add_response_fields(
             b"X-Quota-Limit: %d\r\nX-Quota-Remaining: %d\r\nX-Quota-Reset: %d\r\n"
