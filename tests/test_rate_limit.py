@@ -343,18 +343,24 @@ def test_state_survives_a_reload_and_a_worker_crash(upstream, tmp_path):
         gw.stop()
 
 
+def finishing_times(port: int, count: int) -> list[tuple[float, int]]:
+    """`count` requests at once: when each finished (seconds from the start) and its status."""
+    finished: list[tuple[float, int]] = []
+    started = time.monotonic()
+
+    def one() -> None:
+        status = request(port, "GET", "/x").status
+        finished.append((time.monotonic() - started, status))
+
+    in_parallel(one, count)
+    return finished
+
+
 def test_delay_mode_releases_waiting_requests_at_the_rate(upstream, tmp_path):
     config = limited(upstream.url, 2, {"rate": 10, "per": "1s"}, mode="delay", max_delay="1s")
     gw = Gateway(tmp_path, config).start()
     try:
-        finished: list[tuple[float, int]] = []
-        started = time.monotonic()
-
-        def one() -> None:
-            status = request(gw.port, "GET", "/x").status
-            finished.append((time.monotonic() - started, status))
-
-        in_parallel(one, 25)
+        finished = finishing_times(gw.port, 25)
         admitted = sorted(at for at, status in finished if status == 200)
         refused = [at for at, status in finished if status == 429]
         # 10 at once (the bucket), then one each 0.1 s while the wait stays within max_delay:

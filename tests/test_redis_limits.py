@@ -9,7 +9,7 @@ import time
 import trustme
 
 from .support import Gateway, RedisServer, base_config, in_parallel, request, wait_for
-from .test_rate_limit import flood
+from .test_rate_limit import finishing_times, flood
 
 TIMEOUT = 0.05  # redis.timeout in these tests
 
@@ -176,14 +176,7 @@ def test_delay_mode_through_redis_waits_for_the_slot(upstream, redis_server, tmp
     )
     gw = Gateway(tmp_path, config).start()
     try:
-        finished: list[tuple[float, int]] = []
-        started = time.monotonic()
-
-        def one() -> None:
-            status = request(gw.port, "GET", "/x").status
-            finished.append((time.monotonic() - started, status))
-
-        in_parallel(one, 15)
+        finished = finishing_times(gw.port, 15)
         admitted = sorted(at for at, status in finished if status == 200)
         assert len(admitted) == 15, finished  # 10 at once, 5 more within max_delay
         for k, at in enumerate(admitted[10:], start=1):

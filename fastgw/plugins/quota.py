@@ -16,12 +16,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config.fields import Errors, boolean, describe, integer, list_of, one_of, spec
-from ..config.traffic import QUOTA_PERIODS, QuotaNumbers, TrafficContext
+from ..config.traffic import QUOTA_PERIODS, QuotaNumbers
 from ..limits import whole_seconds
 from ..quotas import Window, tag_of
 from ..redis_store import QUOTA, key_prefix
-from .base import Build, Phase, Plugin, Reply
-from .rate_limit import check_backend, key_part, key_reader, needs_consumer
+from .base import Build, Phase, Reply
+from .rate_limit import CountingPlugin, key_part, key_reader
 
 REDIS_SLACK = 60  # seconds a Redis counter outlives its window (gateway clocks differ a little)
 
@@ -63,25 +63,12 @@ class Terms:
         self.prefix = key_prefix(b"q", path, numbers.per, config.key, config.timezone)
 
 
-class Quota(Plugin):
+class Quota(CountingPlugin):
     name = "quota"
     phase = Phase.RATE_LIMIT
     priority = -2  # after rate-limit and concurrency-limit: a request they refuse spends none
     Config = QuotaConfig
     adds_fields = True
-
-    @classmethod
-    def check_context(
-        cls, config: QuotaConfig, path: str, context: TrafficContext, errors: Errors
-    ) -> None:
-        check_backend(config.backend, path, context, errors)
-
-    @classmethod
-    def check_route(
-        cls, config: QuotaConfig, path: str, route: str, phases: set[Phase], errors: Errors
-    ) -> None:
-        uses_consumer = "consumer" in config.key or config.per_plan
-        needs_consumer(uses_consumer, cls.name, path, route, phases, errors)
 
     def __init__(self, config: QuotaConfig, build: Build) -> None:
         super().__init__(config, build)

@@ -141,23 +141,26 @@ class Policy:
             self.args = (len(items), round(max_delay * 1e6), *shape)
 
 
-class RateLimit(Plugin):
-    name = "rate-limit"
-    phase = Phase.RATE_LIMIT
-    Config = RateLimitConfig
+class CountingPlugin(Plugin):
+    """The checks of plugins that count requests per key with a backend and plans (rate-limit,
+    quota): their configs have `key`, `backend` and `per_plan`."""
 
     @classmethod
-    def check_context(
-        cls, config: RateLimitConfig, path: str, context: TrafficContext, errors: Errors
-    ) -> None:
+    def check_context(cls, config: Any, path: str, context: TrafficContext, errors: Errors) -> None:
         check_backend(config.backend, path, context, errors)
 
     @classmethod
     def check_route(
-        cls, config: RateLimitConfig, path: str, route: str, phases: set[Phase], errors: Errors
+        cls, config: Any, path: str, route: str, phases: set[Phase], errors: Errors
     ) -> None:
         uses_consumer = "consumer" in config.key or config.per_plan
         needs_consumer(uses_consumer, cls.name, path, route, phases, errors)
+
+
+class RateLimit(CountingPlugin):
+    name = "rate-limit"
+    phase = Phase.RATE_LIMIT
+    Config = RateLimitConfig
 
     def __init__(self, config: RateLimitConfig, build: Build) -> None:
         super().__init__(config, build)
