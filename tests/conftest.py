@@ -33,14 +33,19 @@ def gateway(upstream, tmp_path_factory):
 
 
 @pytest.fixture
-def redis_server():
-    """A real redis-server for one test (installed by .ci/run; never skipped under CI=true)."""
+def redis_installed():
+    """redis-server is there (installed by .ci/run; never skipped under CI=true)."""
     if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail(
                 "redis-server is not installed (CI installs it: apt-get install redis-server)"
             )
         pytest.skip("redis-server not installed")
+
+
+@pytest.fixture
+def redis_server(redis_installed):
+    """A real redis-server for one test, on a free port, stopped by its pid."""
     server = RedisServer().start()
     yield server
     server.stop()

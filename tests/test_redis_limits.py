@@ -119,11 +119,13 @@ def check_failure_policy(upstream, tmp_path, policy: str, expected: int) -> None
         server.stop()
 
 
-def test_redis_killed_with_allow_lets_requests_through_then_recovers(upstream, tmp_path):
+def test_redis_killed_with_allow_lets_requests_through_then_recovers(
+    upstream, redis_installed, tmp_path
+):
     check_failure_policy(upstream, tmp_path, "allow", 200)
 
 
-def test_redis_killed_with_deny_answers_503_then_recovers(upstream, tmp_path):
+def test_redis_killed_with_deny_answers_503_then_recovers(upstream, redis_installed, tmp_path):
     check_failure_policy(upstream, tmp_path, "deny", 503)
 
 
@@ -154,7 +156,7 @@ def test_a_slow_redis_costs_each_decision_at_most_the_timeout(upstream, redis_se
         gw.stop()
 
 
-def test_a_password_in_the_url_works_and_is_never_logged(upstream, tmp_path):
+def test_a_password_in_the_url_works_and_is_never_logged(upstream, redis_installed, tmp_path):
     server = RedisServer(password="s3cret-pw").start()
     config = shared_limit(upstream.url, server.url, {"rate": 2, "per": "1h"})
     gw = Gateway(tmp_path, config).start()
@@ -185,7 +187,7 @@ def test_delay_mode_through_redis_waits_for_the_slot(upstream, redis_server, tmp
         gw.stop()
 
 
-def test_rediss_with_a_private_ca(upstream, tmp_path):
+def test_rediss_with_a_private_ca(upstream, redis_installed, tmp_path):
     authority = trustme.CA()
     server_cert = authority.issue_cert("127.0.0.1")
     cert, key, ca = (tmp_path / "redis.pem", tmp_path / "redis.key", tmp_path / "ca.pem")
