@@ -89,7 +89,7 @@ def test_bad_configs_are_errors_with_their_paths():
     assert errors_of({"concurrency-limit": {"max": 0, "max_queue": -1, "key": "tenant"}}) == [
         "plugins.concurrency-limit.max: expected an integer >= 1, got 0",
         "plugins.concurrency-limit.key[0]: expected a key: consumer, ip, route, global, "
-        "header:NAME or query:NAME, got 'tenant'",
+        "path, header:NAME, query:NAME or cookie:NAME, got 'tenant'",
         "plugins.concurrency-limit.max_queue: expected an integer >= 0, got -1",
     ]
     assert errors_of({"concurrency-limit": {"max": 1, "key": "consumer"}}) == [

@@ -121,7 +121,7 @@ def test_bad_quota_configs_are_errors_with_their_paths():
         "routes[0].plugins.quota.limit: expected an integer >= 1, got 0",
         "routes[0].plugins.quota.per: expected one of hour, day, month, got 'week'",
         "routes[0].plugins.quota.key[0]: expected a key: consumer, ip, route, global, "
-        "header:NAME or query:NAME, got 'cookie'",
+        "path, header:NAME, query:NAME or cookie:NAME, got 'cookie'",
         "routes[0].plugins.quota.timezone: expected a time zone such as UTC or Europe/Paris, "
         "got 'Mars/Olympus'",
     ]

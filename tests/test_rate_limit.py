@@ -107,6 +107,23 @@ def test_keys_separate_buckets_and_a_missing_part_shares_one():
     assert ask(gw)[0] == 429  # ... shared by every request without it, never let through
 
 
+def test_cookie_and_path_keys():
+    gw = gateway({"rate-limit": {"limits": [{"rate": 1, "per": "1m"}], "key": "cookie:sid"}})
+    assert ask(gw, b"Cookie: theme=dark; sid=abc\r\n")[0] == 200
+    assert ask(gw, b'Cookie: sid="abc"\r\n')[0] == 429  # the same session, quoted
+    assert ask(gw, b"Cookie: sid=xyz\r\n")[0] == 200
+    assert ask(gw, b"Cookie: other=abc\r\n")[0] == 200  # no such cookie: the key "-"
+    assert ask(gw)[0] == 429
+    by_path = gateway({"rate-limit": {"limits": [{"rate": 1, "per": "1m"}], "key": "path"}})
+    conn, _ = by_path.pooled()
+    client, ct = by_path.client()
+    client.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    conn.data_received(inproc.response())
+    assert inproc.parse_response(ct.take())[0] == 200
+    assert ask(by_path)[0] == 200  # /x: another path, another bucket
+    assert ask(by_path)[0] == 429
+
+
 def test_the_ip_key_behind_trusted_proxies_is_the_forwarded_client():
     gw = gateway(
         {"rate-limit": {"limits": [{"rate": 1, "per": "1h"}], "key": "ip"}},
@@ -231,7 +248,7 @@ def test_bad_configs_are_errors_with_their_paths():
         {
             "rate-limit": {
                 "limits": [{"rate": 0, "per": "1s"}, {"rate": 5, "per": "0s", "burst": -1}],
-                "key": ["ip", "cookie:x", "planet"],
+                "key": ["ip", "form:x", "planet"],
                 "mode": "queue",
                 "backend": "redis",
             }
@@ -241,10 +258,10 @@ def test_bad_configs_are_errors_with_their_paths():
         "plugins.rate-limit.limits[0].rate: expected an integer >= 1, got 0",
         "plugins.rate-limit.limits[1].per: expected a duration above 0, got '0s'",
         "plugins.rate-limit.limits[1].burst: expected an integer >= 0, got -1",
-        "plugins.rate-limit.key[1]: expected a key: consumer, ip, route, global, header:NAME or "
-        "query:NAME, got 'cookie:x'",
-        "plugins.rate-limit.key[2]: expected a key: consumer, ip, route, global, header:NAME or "
-        "query:NAME, got 'planet'",
+        "plugins.rate-limit.key[1]: expected a key: consumer, ip, route, global, path, "
+        "header:NAME, query:NAME or cookie:NAME, got 'form:x'",
+        "plugins.rate-limit.key[2]: expected a key: consumer, ip, route, global, path, "
+        "header:NAME, query:NAME or cookie:NAME, got 'planet'",
         "plugins.rate-limit.mode: expected one of reject, delay, got 'queue'",
     ]
     assert errors_of({"rate-limit": {"limits": []}}) == [

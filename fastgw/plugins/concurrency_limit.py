@@ -20,7 +20,8 @@ from ..config.fields import Errors, duration, integer, list_of, spec
 from ..logs import Throttled
 from ..shared import MASK64
 from .base import Build, Phase, Plugin, Reply
-from .rate_limit import key_part, key_reader, needs_consumer
+from .keys import key_part, key_reader
+from .rate_limit import needs_consumer
 
 POLL = 0.01  # seconds between looks for places other workers freed, while requests wait
 

@@ -21,7 +21,8 @@ from ..limits import whole_seconds
 from ..quotas import Window, tag_of
 from ..redis_store import QUOTA, key_prefix
 from .base import Build, Phase, Reply
-from .rate_limit import CountingPlugin, key_part, key_reader
+from .keys import key_part, key_reader
+from .rate_limit import CountingPlugin
 
 REDIS_SLACK = 60  # seconds a Redis counter outlives its window (gateway clocks differ a little)
 

@@ -13,8 +13,6 @@ replace the entry's.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,7 +20,6 @@ from typing import Any
 from ..config.fields import (
     Errors,
     boolean,
-    describe,
     duration,
     integer,
     list_of,
@@ -34,20 +31,7 @@ from ..config.traffic import LimitConfig, TrafficContext
 from ..limits import EPSILON, Limit, Limiter, whole_seconds
 from ..redis_store import RATE, key_prefix
 from .base import Build, Phase, Plugin, Reply
-
-KEY_KINDS = ("consumer", "ip", "route", "global")
-_NAMED_KEY = re.compile(r"(header|query):([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
-MISSING = b"-"  # the key part of a request that lacks it: limited together, never let through
-
-
-def key_part(value: Any, path: str, errors: Errors) -> Any:
-    if isinstance(value, str) and (value in KEY_KINDS or _NAMED_KEY.fullmatch(value)):
-        return value
-    return errors.add(
-        path,
-        "expected a key: consumer, ip, route, global, header:NAME or query:NAME, "
-        f"got {describe(value)}",
-    )
+from .keys import key_part, key_reader
 
 
 @dataclass(frozen=True)
@@ -83,39 +67,6 @@ def needs_consumer(
             f"{name} ({path}) is keyed on the consumer or uses per_plan, but no authentication "
             "plugin runs on this route",
         )
-
-
-def key_reader(parts: tuple[str, ...], build: Build) -> Callable[[Any], bytes]:
-    """The request's key, as bytes: one closure, made at load."""
-    readers = [_part_reader(part, build) for part in parts]
-    if len(readers) == 1:
-        return readers[0]
-    return lambda ex: b"\0".join([read(ex) for read in readers])
-
-
-def _part_reader(part: str, build: Build) -> Callable[[Any], bytes]:
-    if part == "consumer":
-        return lambda ex: ex.consumer.name.encode() if ex.consumer is not None else MISSING
-
-    if part == "ip":
-        if not build.behind_proxies:
-            return lambda ex: ex.client.peer  # PERF: the peer's address, as the socket gave it
-
-        def ip(ex: Any) -> bytes:
-            address = ex.client_address()
-            return address.packed if address is not None else MISSING
-
-        return ip
-    if part == "route":
-        return lambda ex: ex.route.name.encode()
-    if part == "global":
-        return lambda ex: b""
-    kind, _, name = part.partition(":")
-    if kind == "header":
-        watched = build.watch(name)
-        return lambda ex: ex.header(watched) or MISSING
-    query = name.encode()
-    return lambda ex: ex.query_param(query) or MISSING
 
 
 class Policy:
