@@ -16,6 +16,7 @@ from .http.headers import REQUEST_KINDS, by_sent_name
 from .plugins.base import Build
 from .plugins.chain import EMPTY, Chain, ChainBuilder
 from .plugins.consumers import ConsumerIndex
+from .plugins.keys import key_reader
 from .plugins.services import Services
 from .router import Router
 from .upstream.cluster import Cluster
@@ -66,8 +67,11 @@ class CompiledRoute:
         self.body = chain.body
         self.reframe = chain.reframe
         self.log = chain.log
+        # Requests set up the plugin state (identity, client address) when a plugin or the
+        # cluster's balancer reads it.
+        reads = cluster is not None and cluster.reads_request
         self.hooked = bool(
-            chain.access or chain.response or chain.fields or chain.body or chain.log
+            chain.access or chain.response or chain.fields or chain.body or chain.log or reads
         )
 
 
@@ -116,19 +120,21 @@ class Runtime:
 
 def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime:
     """Build the snapshot; hosts come from (and are kept in) the worker's registry."""
-    clusters: dict[str, Cluster] = {}
-    used = set()
-    for name, upstream in config.upstreams.items():
-        members = [hosts.host(name, target.url, upstream) for target in upstream.targets]
-        used.update(members)
-        clusters[name] = Cluster(name, members, upstream)
-    hosts.retain(used)
     watched: dict[bytes, int] = {}
     consumers = ConsumerIndex(config.consumers)
     build = Build(consumers, services, watched)
     build.behind_proxies = bool(config.server.trusted_proxies)
     build.redis = config.redis
     build.plans = config.plans
+    clusters: dict[str, Cluster] = {}
+    used = set()
+    now = services.loop.time()
+    for name, upstream in config.upstreams.items():
+        members = [hosts.host(name, target.url, upstream) for target in upstream.targets]
+        used.update(members)
+        key = key_reader((upstream.hash_on,), build, None) if upstream.hash_on else None
+        clusters[name] = Cluster(name, members, upstream, key, now)
+    hosts.retain(used)
     chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(

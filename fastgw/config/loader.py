@@ -10,12 +10,21 @@ from typing import Any
 
 import yaml
 
-from ..plugins.config import check_entries, parse_plugins
+from ..plugins.base import Phase
+from ..plugins.config import check_entries, effective, parse_plugins
 from ..plugins.consumers import parse_consumers
-from ..plugins.registry import import_modules
+from ..plugins.registry import PLUGINS, import_modules
 from ..router import Router
 from .fields import INVALID, Errors, describe, join, optional, record
-from .schema import Config, Route, Server, parse_route, parse_server, parse_upstream
+from .schema import (
+    Config,
+    Route,
+    Server,
+    check_upstream,
+    parse_route,
+    parse_server,
+    parse_upstream,
+)
 from .traffic import RedisSettings, TrafficContext, parse_plans
 
 parse_redis = optional(record(RedisSettings))
@@ -96,6 +105,7 @@ def validate(document: Any, source: str = "config") -> Config:
     routes = _parse_routes(document.get("routes"), errors)
     _check_references(document.get("upstreams"), routes, errors)
     _check_ties(routes, errors)
+    _check_hash_on_consumer(upstreams, routes, global_plugins, errors)
     context = TrafficContext(redis if redis is not INVALID else None, plans)
     check_entries(global_plugins if global_plugins is not INVALID else {}, routes, context, errors)
     if errors:
@@ -122,10 +132,13 @@ def _parse_upstreams(raw: Any, errors: Errors) -> dict[str, Any]:
             "upstreams", f"expected a mapping of upstream names to upstreams, got {describe(raw)}"
         )
         return {}
-    return {
-        name: parse_upstream(value, join("upstreams", str(name)), errors)
-        for name, value in raw.items()
-    }
+    upstreams = {}
+    for name, value in raw.items():
+        path = join("upstreams", str(name))
+        upstream = upstreams[name] = parse_upstream(value, path, errors)
+        if upstream is not INVALID:
+            check_upstream(upstream, path, errors)
+    return upstreams
 
 
 def _parse_routes(raw: Any, errors: Errors) -> list[Any]:
@@ -136,6 +149,24 @@ def _parse_routes(raw: Any, errors: Errors) -> list[Any]:
         errors.add("routes", f"expected a list of routes, got {describe(raw)}")
         return []
     return [parse_route(value, join("routes", i), errors) for i, value in enumerate(raw)]
+
+
+def _check_hash_on_consumer(
+    upstreams: dict[str, Any], routes: list[Any], global_plugins: Any, errors: Errors
+) -> None:
+    """An upstream that hashes on the consumer needs an authentication plugin on its routes."""
+    globals_ = global_plugins if global_plugins is not INVALID else {}
+    for i, route in enumerate(routes):
+        upstream = upstreams.get(route.upstream) if route is not INVALID else None
+        if upstream is None or upstream is INVALID or upstream.hash_on != "consumer":
+            continue
+        phases = {PLUGINS[entry.name].phase for entry in effective(globals_, route.plugins)}
+        if Phase.AUTHENTICATION not in phases:
+            errors.add(
+                f"routes[{i}].upstream",
+                f"upstream '{route.upstream}' hashes on the consumer (hash_on: consumer), but "
+                "no authentication plugin runs on this route",
+            )
 
 
 def _check_references(raw_upstreams: Any, routes: list[Any], errors: Errors) -> None:

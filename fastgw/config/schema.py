@@ -15,6 +15,7 @@ from ..http.addresses import Network, network
 from ..http.paths import DECODE, KEEP, REJECT
 from ..plugins.config import PluginEntry, parse_plugins
 from ..plugins.consumers import Consumer
+from ..plugins.keys import NAMED_KEY
 from ..tls import ListenerTls, check_listener_tls
 from .fields import (
     INVALID,
@@ -33,7 +34,7 @@ from .fields import (
     spec,
     string,
 )
-from .traffic import Plan, RedisSettings
+from .traffic import Plan, RedisSettings, positive_duration
 
 _HOST_PORT = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]*)):(?P<port>\d{1,5})"
@@ -187,6 +188,20 @@ def ca_file(value: Any, path: str, errors: Errors) -> Any:
     return value
 
 
+BALANCERS = ("round_robin", "least_conn", "consistent_hash", "ewma")
+HASH_KEYS = ("ip", "consumer", "path")
+
+
+def hash_key(value: Any, path: str, errors: Errors) -> Any:
+    """What a consistent_hash balancer hashes: one key part that varies between requests."""
+    if isinstance(value, str) and (value in HASH_KEYS or NAMED_KEY.fullmatch(value)):
+        return value
+    return errors.add(
+        path,
+        f"expected ip, consumer, path, header:NAME, cookie:NAME or query:NAME, got {describe(value)}",
+    )
+
+
 @dataclass(frozen=True)
 class Upstream:
     targets: tuple[Target, ...] = spec(list_of(record(Target), min_len=1))
@@ -194,6 +209,24 @@ class Upstream:
     pool: Pool = spec(record(Pool), factory=Pool)
     tls_verify: bool = spec(boolean, True)  # for https:// targets
     ca: str | None = spec(optional(ca_file), None)  # default: the system's CAs
+    balancer: str = spec(one_of(*BALANCERS), "round_robin")
+    hash_on: str | None = spec(hash_key, None)  # what consistent_hash hashes
+    ewma_decay: float = spec(positive_duration, 10.0)  # ewma's time constant
+
+
+def check_upstream(upstream: Upstream, path: str, errors: Errors) -> None:
+    """`hash_on` goes with consistent_hash, and only with it."""
+    if upstream.balancer == "consistent_hash" and upstream.hash_on is None:
+        errors.add(
+            f"{path}.hash_on",
+            "required with balancer: consistent_hash (ip, consumer, path, header:NAME, "
+            "cookie:NAME or query:NAME)",
+        )
+    elif upstream.balancer != "consistent_hash" and upstream.hash_on is not None:
+        errors.add(
+            f"{path}.hash_on",
+            f"only consistent_hash uses hash_on (this upstream's balancer is {upstream.balancer})",
+        )
 
 
 _SEGMENT = r"(?:[^/{}*?#\s]+|\{[A-Za-z_][A-Za-z0-9_]*\})"

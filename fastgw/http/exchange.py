@@ -382,7 +382,7 @@ class Exchange(RequestView):
 
     def proceed(self) -> None:
         """Every plugin let the request through: pick a host and send the request to it."""
-        host = self.route.cluster.balancer.pick()
+        host = self.route.cluster.balancer.pick(self)
         if host is None:
             self.local_error(503, "no upstream target available")
             return
@@ -599,7 +599,7 @@ class Exchange(RequestView):
         if tried is None:
             tried = self.tried = []
         tried.append(host)
-        following = route.cluster.balancer.pick(tried)
+        following = route.cluster.balancer.pick(self, tried)
         if following is None:
             self.local_error(*describe_dial_failure(why))
             return

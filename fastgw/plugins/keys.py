@@ -14,7 +14,7 @@ from ..config.fields import Errors, describe
 from .base import Build
 
 KEY_KINDS = ("consumer", "ip", "route", "global", "path")
-_NAMED_KEY = re.compile(r"(header|query|cookie):([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
+NAMED_KEY = re.compile(r"(header|query|cookie):([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
 MISSING = b"-"  # the key part of a request that lacks it: limited together, never let through
 KEY_HINT = "consumer, ip, route, global, path, header:NAME, query:NAME or cookie:NAME"
 
@@ -22,7 +22,7 @@ Reader = Callable[[Any], Any]
 
 
 def key_part(value: Any, path: str, errors: Errors) -> Any:
-    if isinstance(value, str) and (value in KEY_KINDS or _NAMED_KEY.fullmatch(value)):
+    if isinstance(value, str) and (value in KEY_KINDS or NAMED_KEY.fullmatch(value)):
         return value
     return errors.add(path, f"expected a key: {KEY_HINT}, got {describe(value)}")
 

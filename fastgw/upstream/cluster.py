@@ -6,9 +6,9 @@ never from a connection; a cluster is rebuilt at each load while its hosts carry
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .balancer import RoundRobin
+from .balancer import ConsistentHash, LeastConn, PeakEwma, RoundRobin
 
 if TYPE_CHECKING:
     from ..config.schema import Upstream
@@ -16,11 +16,26 @@ if TYPE_CHECKING:
 
 
 class Cluster:
-    __slots__ = ("balancer", "connect_timeout", "hosts", "name", "read_timeout")
+    __slots__ = ("balancer", "connect_timeout", "hosts", "name", "read_timeout", "reads_request")
 
-    def __init__(self, name: str, hosts: list[Host], upstream: Upstream) -> None:
+    def __init__(
+        self, name: str, hosts: list[Host], upstream: Upstream, key: Any = None, now: float = 0.0
+    ) -> None:
+        """`key` reads what consistent_hash hashes from a request; `now` is the loop's time."""
         self.name = name
         self.hosts = hosts
-        self.balancer = RoundRobin(hosts, [target.weight for target in upstream.targets])
+        weights = [target.weight for target in upstream.targets]
+        kind = upstream.balancer
+        if kind == "least_conn":
+            self.balancer: Any = LeastConn(hosts, weights)
+        elif kind == "consistent_hash":
+            self.balancer = ConsistentHash(hosts, weights, key)
+        elif kind == "ewma":
+            self.balancer = PeakEwma(hosts, weights, upstream.ewma_decay, now)
+        else:
+            self.balancer = RoundRobin(hosts, weights)
+        # The balancer reads the request (its consumer, its client address): routes to this
+        # cluster set up the request's plugin state even without plugins.
+        self.reads_request = kind == "consistent_hash"
         self.connect_timeout = upstream.timeouts.connect
         self.read_timeout = upstream.timeouts.read

@@ -14,14 +14,16 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import ssl
 from typing import TYPE_CHECKING, Protocol
 
 from ..tls import client_context
+from .outcomes import CLIENT_ABORT, OK
 from .protocol import UpstreamProtocol
 
 if TYPE_CHECKING:
-    from ..config.schema import Pool, Upstream
+    from ..config.schema import Upstream
 
 log = logging.getLogger("fastgw.upstream")
 
@@ -47,6 +49,9 @@ class Host:
 
     __slots__ = (
         "address",
+        "ewma",
+        "ewma_at",
+        "ewma_decay",
         "host_line",
         "idle",
         "idle_timeout",
@@ -82,11 +87,18 @@ class Host:
         self.idle_timeout = 60.0
         self.in_flight = 0  # attempts started and not ended
         self.retired = False  # no live config names it: connections close when released
+        # Peak-EWMA of the time to the response head (seconds; -1: none yet) and when it was
+        # last updated; kept only when its upstream balances by it (ewma_decay > 0).
+        self.ewma = -1.0
+        self.ewma_at = 0.0
+        self.ewma_decay = 0.0
 
-    def configure(self, pool: Pool) -> None:
-        """Its upstream's pool settings (at each load)."""
+    def configure(self, upstream: Upstream) -> None:
+        """Its upstream's settings (at each load)."""
+        pool = upstream.pool
         self.max_idle = pool.max_idle
         self.idle_timeout = pool.idle_timeout
+        self.ewma_decay = upstream.ewma_decay if upstream.balancer == "ewma" else 0.0
         while len(self.idle) > self.max_idle:
             self.idle.pop(0).transport.close()
 
@@ -107,11 +119,27 @@ class Host:
         none came), `total` the attempt's duration, in seconds. `conn`, given when the response
         ended cleanly, goes back to the pool if `reusable`."""
         self.in_flight -= 1
+        if self.ewma_decay and outcome != CLIENT_ABORT:
+            self.observe(head if outcome == OK else total, outcome == OK, now)
         if conn is not None:
             if reusable:
                 self.release(conn, now)
             else:
                 conn.transport.close()
+
+    def observe(self, seconds: float, ok: bool, now: float) -> None:
+        """A new sample for the peak-EWMA: a slower one is taken at once (the peak), a faster
+        one pulls the estimate down with time constant `ewma_decay`. A failure counts as at
+        least twice the current estimate, so a failing target quickly looks expensive."""
+        ewma = self.ewma
+        if not ok:
+            seconds = max(seconds, 2 * ewma)
+        if seconds >= ewma:
+            self.ewma = seconds
+        else:
+            weight = math.exp((self.ewma_at - now) / self.ewma_decay)
+            self.ewma = ewma * weight + seconds * (1.0 - weight)
+        self.ewma_at = now
 
     # -- the pool ----------------------------------------------------------------------
 
@@ -201,7 +229,7 @@ class Hosts:
         if host is None:
             host = self.hosts[key] = Host(self.loop, upstream_name, address, port, context)
         host.tls = context
-        host.configure(upstream.pool)
+        host.configure(upstream)
         return host
 
     def retain(self, used: set[Host]) -> None:

@@ -17,7 +17,9 @@ written by hand so that the server can also misbehave on purpose. The path picks
   /truncated            a chunked head and one 500-byte chunk, then close (no last chunk)
   /sink                 reply with the size and sha256 of the body
   /stats                how many connections are open now
-  anything else         200 JSON echo: method, target, headers, body size and sha256, connection id
+  /set-delay?delay=S    from now on, every echo answer waits S seconds (0: none)
+  anything else         200 JSON echo: method, target, headers, body size and sha256, connection
+                        id, the server's port; header `X-Upstream-Port`
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ CONNECTION_IDS = itertools.count(1)
 OPEN = [0]  # connections open right now, for /stats
 OPTIONS_SEEN = [0]  # OPTIONS requests received, for /stats (CORS preflights must not arrive)
 TRAILERS: dict[int, list] = {}  # request trailers, by id of the h11 Request (frozen)
+DELAY = [0.0]  # seconds every echo answer waits (/set-delay)
+PORT = [0]
 
 
 def head(status: int, headers: list[tuple[str, str]], reason: str = "X") -> bytes:
@@ -184,6 +188,9 @@ async def respond(
             {"open": OPEN[0], "connections": conn_id, "options": OPTIONS_SEEN[0]}
         ).encode()
         w(head(200, [("Content-Length", str(len(body)))]) + body)
+    elif path == "/set-delay":
+        DELAY[0] = float(query.get("delay", "0"))
+        w(head(200, [("Content-Length", "2")]) + b"ok")
     elif path == "/sink":
         body = json.dumps({"body_bytes": body_size, "sha256": digest}).encode()
         w(
@@ -191,8 +198,11 @@ async def respond(
             + body
         )
     else:
+        if DELAY[0]:
+            await asyncio.sleep(DELAY[0])
         body = json.dumps(
             {
+                "port": PORT[0],
                 "method": request.method.decode(),
                 "target": request.target.decode("latin-1"),
                 "http_version": request.http_version.decode(),
@@ -208,7 +218,7 @@ async def respond(
                 "sni": SNI.get(id(writer.get_extra_info("ssl_object"))),
             }
         ).encode()
-        extra = [(k, v) for k, v in (("X-Upstream-Hop", "yes"),)]
+        extra = [("X-Upstream-Hop", "yes"), ("X-Upstream-Port", str(PORT[0]))]
         if path == "/hop":
             extra += [
                 ("Connection", "X-Secret-Hop"),
@@ -243,7 +253,8 @@ async def main() -> None:
     server = await asyncio.start_server(
         handle, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0, ssl=context
     )
-    print(server.sockets[0].getsockname()[1], flush=True)
+    PORT[0] = server.sockets[0].getsockname()[1]
+    print(PORT[0], flush=True)
     async with server:
         await server.serve_forever()
 
