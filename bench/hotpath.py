@@ -135,10 +135,26 @@ class MemoryTransport:
         return ("127.0.0.1", 40000) if name == "peername" else None
 
 
-def setup(routes: int, plugin: str | None = None, connections: int = 1) -> list[ClientProtocol]:
-    """Client connections of one worker, each with an idle upstream connection in the pool."""
+# With --balancer: three targets, and what each balancer needs (a key for consistent_hash).
+BALANCERS = {
+    "round_robin": {},
+    "least_conn": {},
+    "consistent_hash": {"hash_on": "ip"},
+    "ewma": {},
+}
+TARGETS = [{"url": f"http://127.0.0.1:{port}"} for port in (9001, 9002, 9003)]
+
+
+def setup(
+    routes: int, plugin: str | None = None, connections: int = 1, balancer: str | None = None
+) -> list[ClientProtocol]:
+    """Client connections of one worker, each with an idle upstream connection in the pool
+    (of each target, with --balancer)."""
+    upstream: dict = {"targets": [{"url": "http://127.0.0.1:9001"}]}
+    if balancer is not None:
+        upstream = {"targets": TARGETS, "balancer": balancer, **BALANCERS[balancer]}
     config: dict = {
-        "upstreams": {"up": {"targets": [{"url": "http://127.0.0.1:9001"}]}},
+        "upstreams": {"up": upstream},
         "routes": [
             {"name": f"r{i}", "match": {"paths": [f"/svc{i}/items/{{id}}"]}, "upstream": "up"}
             for i in range(routes - 2)
@@ -164,21 +180,25 @@ def setup(routes: int, plugin: str | None = None, connections: int = 1) -> list[
     worker.hosts = Hosts(loop)
     site = Site(compile_runtime(worker.loaded.config, worker.hosts, Services(loop)))
     worker.sites = [site]
-    host = worker.hosts.find("up", "127.0.0.1", 9001)
+    targets = upstream["targets"]
+    found = [worker.hosts.find("up", "127.0.0.1", int(t["url"][-4:])) for t in targets]
     clients = []
     for _ in range(connections):
         client = ClientProtocol(worker, site)
         client.connection_made(MemoryTransport())
         clients.append(client)
-        upstream = UpstreamProtocol(host)
-        upstream.connection_made(MemoryTransport())
-        host.release(upstream, loop.time())
+        for host in found:
+            pooled = UpstreamProtocol(host)
+            pooled.connection_made(MemoryTransport())
+            host.release(pooled, loop.time())
     return clients
 
 
-def run(count: int, routes: int, plugin: str | None = None, rounds: int = 5) -> float:
+def run(
+    count: int, routes: int, plugin: str | None = None, rounds: int = 5, balancer: str | None = None
+) -> float:
     """Microseconds per request, best of `rounds` rounds."""
-    (client,) = setup(routes, plugin)
+    (client,) = setup(routes, plugin, balancer=balancer)
     upstream = client.worker.hosts.find("up", "127.0.0.1", 9001).idle[0]
     client_data = client.data_received
     upstream_data = upstream.data_received
@@ -186,11 +206,16 @@ def run(count: int, routes: int, plugin: str | None = None, rounds: int = 5) -> 
     best = float("inf")
     for _ in range(rounds):
         started = time.perf_counter()
-        for _ in range(count):
-            client_data(request)
-            upstream_data(RESPONSE)
+        if balancer is None:
+            for _ in range(count):
+                client_data(request)
+                upstream_data(RESPONSE)
+        else:  # the response goes to whichever target the balancer chose
+            for _ in range(count):
+                client_data(request)
+                client.current.conn.data_received(RESPONSE)
         best = min(best, (time.perf_counter() - started) / count * 1e6)
-    assert client.transport.writes >= count and upstream.transport.writes >= count
+    assert client.transport.writes >= count
     assert client.current is None, "the exchange did not finish"
     return best
 
@@ -226,7 +251,7 @@ def paced(count: int, gap: float, burst: int) -> tuple[float, float]:
 INSTRUCTION_COUNTS = (1000, 3000)
 
 
-def instructions(routes: int, plugin: str | None) -> float:
+def instructions(routes: int, plugin: str | None, balancer: str | None = None) -> float:
     """Instructions per request: callgrind counts two runs of this module with different request
     counts; the difference over the extra requests is independent of the machine's load."""
     if shutil.which("valgrind") is None:
@@ -251,6 +276,8 @@ def instructions(routes: int, plugin: str | None) -> float:
         ]
         if plugin is not None:
             command += ["--plugin", plugin]
+        if balancer is not None:
+            command += ["--balancer", balancer]
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         found = re.search(r"Collected : (\d+)", done.stderr)
@@ -278,6 +305,11 @@ def main() -> None:
         help="a global plugin; every request then carries an API key and an RS256 JWT",
     )
     parser.add_argument(
+        "--balancer",
+        choices=tuple(BALANCERS),
+        help="three targets behind this balancer (the response comes from the chosen one)",
+    )
+    parser.add_argument(
         "--gap",
         type=float,
         default=0.0,
@@ -298,16 +330,17 @@ def main() -> None:
         )
         return
     if args.instructions:
-        count = instructions(args.routes, args.plugin)
-        print(
-            f"{count:,.0f} instructions per proxied request ({args.routes} routes"
-            + (f", {args.plugin})" if args.plugin else ")")
-        )
+        count = instructions(args.routes, args.plugin, args.balancer)
+        print(f"{count:,.0f} instructions per proxied request ({describe(args)})")
         return
-    micros = run(args.count, args.routes, args.plugin, args.rounds)
-    print(
-        f"{micros:.2f} us of Python per proxied request ({args.routes} routes"
-        + (f", {args.plugin})" if args.plugin else ")")
+    micros = run(args.count, args.routes, args.plugin, args.rounds, args.balancer)
+    print(f"{micros:.2f} us of Python per proxied request ({describe(args)})")
+
+
+def describe(args: argparse.Namespace) -> str:
+    return ", ".join(
+        [f"{args.routes} routes"]
+        + [part for part in (args.plugin, args.balancer and f"balancer {args.balancer}") if part]
     )
 
 

@@ -50,6 +50,7 @@ SCENARIOS = (
     "latency",
     "workers",
     "plugins",
+    "balancers",
 )
 
 
@@ -510,6 +511,40 @@ NEVER_LIMITED_REDIS = {"rate-limit": {**NEVER_LIMITED["rate-limit"], "backend": 
 def redis_section(redis: BenchRedis | None) -> dict:
     """The top-level `redis:` of a set-up, when a bench redis-server runs."""
     return {"redis": {"url": redis.url, "timeout": "50ms"}} if redis is not None else {}
+
+
+def scenario_balancers(run: Run) -> dict:
+    """`small` through an upstream of three targets (three bench upstreams) under each balancer;
+    CPU per request relative to round_robin is what a balancer costs."""
+    upstreams = [BenchUpstream(run.workdir, "12", cpu=run.load_cpu) for _ in range(3)]
+    targets = [{"url": f"http://127.0.0.1:{u.port}"} for u in upstreams]
+    kinds = {
+        "round_robin": {},
+        "least_conn": {},
+        "consistent_hash": {"hash_on": "ip"},
+        "ewma": {},
+    }
+    setups = []
+    for kind, extra in kinds.items():
+        upstream = {"targets": targets, "pool": {"max_idle": 256}, "balancer": kind, **extra}
+        gw = FastGW(
+            run.workdir, upstreams[0].port, cpu=run.proxy_cpu, extra={"upstreams": {"up": upstream}}
+        )
+        setups.append((kind, gw))
+    result = compare(
+        run,
+        "balancers: small through 3 targets (vs direct = vs round_robin)",
+        setups,
+        [gw for _, gw in setups] + upstreams,
+    )
+    summary = result["summary"]
+    base = summary["round_robin"]["cpu_us_per_request"]
+    for kind in list(kinds)[1:]:
+        cpu = summary[kind]["cpu_us_per_request"]
+        if base is not None and cpu is not None:
+            summary[kind]["cost_us_per_request"] = cpu - base
+            print(f"  {kind}: {cpu - base:+.1f} us of CPU per request over round_robin")
+    return result
 
 
 def bench_credentials(workdir: Path) -> tuple[str, str, Path]:
