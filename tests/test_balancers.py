@@ -38,7 +38,7 @@ def test_least_conn_prefers_the_fewest_in_flight_for_the_weight_and_breaks_ties_
 
 def test_consistent_hash_moves_about_one_nth_of_the_keys_when_a_target_leaves():
     targets = hosts(10)
-    key = lambda ex: ex  # noqa: E731 - the "request" is its key here
+    key = lambda ex: ex  # noqa: E731 - the "request" is its key here (None: it has none)
     ring = ConsistentHash(targets, [1] * 10, key)
     keys = [b"user-%d" % i for i in range(10_000)]
     before = {k: ring.pick(k) for k in keys}

@@ -112,7 +112,7 @@ class ConsistentHash:
         self.owners = [target for _, target in ring]
 
     def pick(self, ex: Any = None, exclude: Any = None) -> Any:
-        key = self.key(ex) if ex is not None else None
+        key = self.key(ex)
         if not key:
             return self.fallback.pick(ex, exclude)
         owners = self.owners
