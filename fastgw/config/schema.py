@@ -188,6 +188,40 @@ def ca_file(value: Any, path: str, errors: Errors) -> Any:
     return value
 
 
+FAILURE_OUTCOMES = ("connect_error", "timeout", "reset", "invalid")
+
+
+def failure_kind(value: Any, path: str, errors: Errors) -> Any:
+    """An outcome that counts against a target, or an upstream status 500-599."""
+    if value in FAILURE_OUTCOMES or (
+        isinstance(value, int) and not isinstance(value, bool) and 500 <= value <= 599
+    ):
+        return value
+    return errors.add(
+        path,
+        f"expected {', '.join(FAILURE_OUTCOMES)} or a status 500-599, got {describe(value)}",
+    )
+
+
+@dataclass(frozen=True)
+class PassiveHealth:
+    """Outlier detection from the requests themselves (per worker)."""
+
+    max_failures: int = spec(integer(min=1), 5)
+    window: float = spec(positive_duration, 10.0)
+    ejection: float = spec(positive_duration, 30.0)
+    max_ejection: float = spec(positive_duration, 300.0)
+    max_ejected_percent: int = spec(integer(min=0, max=100), 50)
+    on: tuple[Any, ...] = spec(
+        list_of(failure_kind, min_len=1), ("connect_error", "timeout", 502, 503, 504)
+    )
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    passive: PassiveHealth | None = spec(optional(record(PassiveHealth)), None)
+
+
 BALANCERS = ("round_robin", "least_conn", "consistent_hash", "ewma")
 HASH_KEYS = ("ip", "consumer", "path")
 
@@ -212,6 +246,7 @@ class Upstream:
     balancer: str = spec(one_of(*BALANCERS), "round_robin")
     hash_on: str | None = spec(hash_key, None)  # what consistent_hash hashes
     ewma_decay: float = spec(positive_duration, 10.0)  # ewma's time constant
+    health_check: HealthCheck = spec(record(HealthCheck), factory=HealthCheck)
 
 
 def check_upstream(upstream: Upstream, path: str, errors: Errors) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .balancer import ConsistentHash, LeastConn, PeakEwma, RoundRobin
+from .health import IN_ROTATION, Guarded
 
 if TYPE_CHECKING:
     from ..config.schema import Upstream
@@ -16,7 +17,17 @@ if TYPE_CHECKING:
 
 
 class Cluster:
-    __slots__ = ("balancer", "connect_timeout", "hosts", "name", "read_timeout", "reads_request")
+    __slots__ = (
+        "balancer",
+        "connect_timeout",
+        "hosts",
+        "key",
+        "name",
+        "read_timeout",
+        "reads_request",
+        "upstream",
+        "weights",
+    )
 
     def __init__(
         self, name: str, hosts: list[Host], upstream: Upstream, key: Any = None, now: float = 0.0
@@ -24,18 +35,48 @@ class Cluster:
         """`key` reads what consistent_hash hashes from a request; `now` is the loop's time."""
         self.name = name
         self.hosts = hosts
-        weights = [target.weight for target in upstream.targets]
-        kind = upstream.balancer
-        if kind == "least_conn":
-            self.balancer: Any = LeastConn(hosts, weights)
-        elif kind == "consistent_hash":
-            self.balancer = ConsistentHash(hosts, weights, key)
-        elif kind == "ewma":
-            self.balancer = PeakEwma(hosts, weights, upstream.ewma_decay, now)
-        else:
-            self.balancer = RoundRobin(hosts, weights)
+        self.upstream = upstream
+        self.key = key
+        self.weights = [target.weight for target in upstream.targets]
         # The balancer reads the request (its consumer, its client address): routes to this
         # cluster set up the request's plugin state even without plugins.
-        self.reads_request = kind == "consistent_hash"
+        self.reads_request = upstream.balancer == "consistent_hash"
         self.connect_timeout = upstream.timeouts.connect
         self.read_timeout = upstream.timeouts.read
+        for host in hosts:
+            host.cluster = self
+        self.balancer: Any = None
+        self.rotate(now)
+
+    def rotate(self, now: float | None = None) -> None:
+        """(Re)build the balancer over the targets in rotation: all of them, but those passive
+        health took out. Each health change calls it; requests pay nothing for health."""
+        live = [
+            (host, weight)
+            for host, weight in zip(self.hosts, self.weights, strict=True)
+            if host.health is None or host.health.state in IN_ROTATION
+        ]
+        hosts = [host for host, _ in live]
+        weights = [weight for _, weight in live]
+        kind = self.upstream.balancer
+        if kind == "least_conn":
+            balancer: Any = LeastConn(hosts, weights)
+        elif kind == "consistent_hash":
+            balancer = ConsistentHash(hosts, weights, self.key)
+        elif kind == "ewma":
+            when = now if now is not None else (hosts[0].loop.time() if hosts else 0.0)
+            balancer = PeakEwma(hosts, weights, self.upstream.ewma_decay, when)
+        else:
+            balancer = RoundRobin(hosts, weights)
+        if self.upstream.health_check.passive is not None:
+            balancer = Guarded(balancer)
+        self.balancer = balancer
+
+    def may_eject(self, host: Host, max_percent: int) -> bool:
+        """Whether one more target may leave: at most `max_percent` of them are out at once."""
+        out = sum(
+            1
+            for other in self.hosts
+            if other is not host and other.health and other.health.state not in IN_ROTATION
+        )
+        return (out + 1) * 100 <= max_percent * len(self.hosts)

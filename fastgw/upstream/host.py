@@ -19,6 +19,7 @@ import ssl
 from typing import TYPE_CHECKING, Protocol
 
 from ..tls import client_context
+from .health import Passive
 from .outcomes import CLIENT_ABORT, OK
 from .protocol import UpstreamProtocol
 
@@ -43,15 +44,25 @@ class Dialing(Protocol):
     def connect_failed(self, host: Host, why: str, detail: str) -> None: ...
 
 
+class Rotation(Protocol):
+    """What a host needs of its cluster (upstream/cluster.py) when its health changes."""
+
+    def rotate(self, now: float | None = None) -> None: ...
+
+    def may_eject(self, host: Host, max_percent: int) -> bool: ...
+
+
 class Host:
     """One target of one upstream: a LIFO of idle connections (the warmest first), a dialer,
     and the target's state."""
 
     __slots__ = (
         "address",
+        "cluster",
         "ewma",
         "ewma_at",
         "ewma_decay",
+        "health",
         "host_line",
         "idle",
         "idle_timeout",
@@ -63,6 +74,7 @@ class Host:
         "retired",
         "tls",
         "upstream",
+        "watched",
     )
 
     def __init__(
@@ -92,6 +104,9 @@ class Host:
         self.ewma = -1.0
         self.ewma_at = 0.0
         self.ewma_decay = 0.0
+        self.health: Passive | None = None  # passive health, when its upstream checks it
+        self.watched = False  # the completion point feeds the EWMA or passive health
+        self.cluster: Rotation | None = None  # the cluster of the live config that names it
 
     def configure(self, upstream: Upstream) -> None:
         """Its upstream's settings (at each load)."""
@@ -99,6 +114,13 @@ class Host:
         self.max_idle = pool.max_idle
         self.idle_timeout = pool.idle_timeout
         self.ewma_decay = upstream.ewma_decay if upstream.balancer == "ewma" else 0.0
+        passive = upstream.health_check.passive
+        if passive is None or self.health is None or self.health.settings != passive:
+            # New or changed settings start afresh; unchanged ones keep the target's state.
+            if self.health is not None:
+                self.health.close()
+            self.health = Passive(passive) if passive is not None else None
+        self.watched = bool(self.ewma_decay) or self.health is not None
         while len(self.idle) > self.max_idle:
             self.idle.pop(0).transport.close()
 
@@ -117,10 +139,14 @@ class Host:
         """The one completion point of an attempt (see outcomes.py): `connect` is the time to
         a usable connection (0 for a pooled one), `head` the time to the response head (-1 if
         none came), `total` the attempt's duration, in seconds. `conn`, given when the response
-        ended cleanly, goes back to the pool if `reusable`."""
+        ended cleanly, goes back to the pool if `reusable` (its parser still has the status)."""
         self.in_flight -= 1
-        if self.ewma_decay and outcome != CLIENT_ABORT:
-            self.observe(head if outcome == OK else total, outcome == OK, now)
+        if self.watched and outcome != CLIENT_ABORT:
+            if self.ewma_decay:
+                self.observe(head if outcome == OK else total, outcome == OK, now)
+            if self.health is not None:
+                status = conn.parser.get_status_code() if conn is not None else 0
+                self.health.judge(self, outcome, status, now)
         if conn is not None:
             if reusable:
                 self.release(conn, now)
@@ -140,6 +166,11 @@ class Host:
             weight = math.exp((self.ewma_at - now) / self.ewma_decay)
             self.ewma = ewma * weight + seconds * (1.0 - weight)
         self.ewma_at = now
+
+    def rotate(self) -> None:
+        """Its health changed: the live cluster rebuilds its rotation."""
+        if self.cluster is not None:
+            self.cluster.rotate()
 
     # -- the pool ----------------------------------------------------------------------
 
