@@ -57,6 +57,7 @@ def test_consistent_hash_moves_about_one_nth_of_the_keys_when_a_target_leaves():
     first = ring.pick(b"user-1")
     assert ring.pick(b"user-1", exclude={first}) not in (first, None)
     assert len({ring.pick(None) for _ in range(20)}) == 10
+    assert ConsistentHash([], [], key).pick(b"user-1") is None  # every target out of rotation
 
 
 def test_ewma_takes_the_peak_at_once_and_decays_toward_faster_answers():

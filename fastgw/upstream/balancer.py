@@ -113,9 +113,9 @@ class ConsistentHash:
 
     def pick(self, ex: Any = None, exclude: Any = None) -> Any:
         key = self.key(ex)
-        if not key:
-            return self.fallback.pick(ex, exclude)
         owners = self.owners
+        if not key or not owners:
+            return self.fallback.pick(ex, exclude)
         index = bisect_right(self.points, ring_point(key))
         if index == len(owners):
             index = 0
