@@ -55,7 +55,9 @@ async def _exchange(
     )
     try:
         conn = h11.Connection(h11.CLIENT)
-        fields = [("Host", parts.netloc), ("Connection", "close"), ("User-Agent", "fastgw")]
+        fields = [("Connection", "close"), ("User-Agent", "fastgw")]
+        if not any(name.lower() == "host" for name, _ in headers):
+            fields.insert(0, ("Host", parts.netloc))
         fields += headers
         if body or method not in ("GET", "HEAD"):
             fields.append(("Content-Length", str(len(body))))

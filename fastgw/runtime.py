@@ -135,6 +135,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
         key = key_reader((upstream.hash_on,), build, None) if upstream.hash_on else None
         clusters[name] = Cluster(name, members, upstream, key, now)
     hosts.retain(used)
+    services.follow_health(list(clusters.values()))
     chains = ChainBuilder(config.plugins, build)
     compiled = [
         CompiledRoute(

@@ -23,6 +23,7 @@ from .listeners import ListenError, bind_all
 from .plugins.services import SharedState
 from .quotas import QuotaState, QuotaTable
 from .shared import SharedTable
+from .upstream.probes import HealthTable
 from .worker import Bound, encode_config, run_worker
 
 log = logging.getLogger("fastgw.supervisor")
@@ -73,6 +74,7 @@ class Supervisor:
             SharedTable(limits.max_limit_keys, shared_lock=len(self.slots) > 1),
             QuotaTable(limits.max_quota_keys),
             ConcurrencyTable(limits.max_concurrency_keys, len(self.slots)),
+            HealthTable(),
         )
         self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
         self.quota_state.load(time.time())

@@ -5,6 +5,8 @@ upstream processes."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from fastgw.config.loader import validate
@@ -169,3 +171,84 @@ def test_a_killed_target_is_ejected_and_returns_after_its_trial(two, tmp_path):
         )
     finally:
         gw.stop()
+
+
+# -- active health: probes from one process, verdicts followed by every worker ------------------
+
+
+ACTIVE = {"path": "/health", "interval": "300ms", "timeout": "500ms", "healthy": 1, "unhealthy": 2}
+
+
+def probed(servers: list[Upstream], workers: int = 2, **active) -> dict:
+    config = base_config(servers[0].url, workers=workers)
+    config["upstreams"]["up"] = {
+        "targets": [{"url": s.url} for s in servers],
+        "health_check": {"active": {**ACTIVE, **active}},
+    }
+    return config
+
+
+def answered_by(port: int, count: int = 12) -> set[int]:
+    """The upstream ports that answered `count` requests, each on a new connection (so both
+    workers answer some)."""
+    return {int(request(port, "GET", "/echo").header("x-upstream-port")) for _ in range(count)}
+
+
+def probes_at(server: Upstream) -> int:
+    return request(server.port, "GET", "/stats").json()["probes"]
+
+
+def test_active_probes_once_per_gateway_and_every_worker_follows(two, tmp_path):
+    good, bad = two
+    gw = Gateway(tmp_path, probed(two)).start()
+    try:
+        assert answered_by(gw.port) == {good.port, bad.port}
+        request(bad.port, "GET", "/set-health?status=503")
+        gw.wait_log(
+            rf"target 127\.0\.0\.1:{bad.port} unhealthy \(2 probes failed, the last: status 503\)"
+        )
+        wait_for(lambda: answered_by(gw.port) == {good.port}, timeout=2, what="both workers")
+        # One prober per gateway, not one per worker: one probe per interval per target.
+        first, started = probes_at(good), time.monotonic()
+        wait_for(lambda: time.monotonic() - started > 1.5, what="time passing", interval=0.1)
+        probes = probes_at(good) - first
+        assert 3 <= probes <= 1.5 / 0.3 + 2, probes  # with two workers probing it would be ~10
+        request(bad.port, "GET", "/set-health?status=200")
+        gw.wait_log(rf"target 127\.0\.0\.1:{bad.port} healthy \(1 probes passed\)")
+        wait_for(lambda: answered_by(gw.port) == {good.port, bad.port}, timeout=3, what="back")
+        # Every target unhealthy: 503 at once, not a wait on connect timeouts.
+        for server in two:
+            request(server.port, "GET", "/set-health?status=500")
+        gw.wait_log(rf"target 127\.0\.0\.1:{good.port} unhealthy")
+
+        def refused_at_once() -> bool:
+            started = time.monotonic()
+            response = request(gw.port, "GET", "/echo")
+            return response.status == 503 and time.monotonic() - started < 0.5
+
+        wait_for(refused_at_once, timeout=3, what="an immediate 503")
+        assert b"no upstream target available" in request(gw.port, "GET", "/echo").body
+    finally:
+        gw.stop()
+
+
+def test_initial_unhealthy_targets_wait_for_their_first_passing_probe(two, tmp_path):
+    gw = Gateway(tmp_path, probed(two, workers=1, initial="unhealthy", interval="1s")).start()
+    try:
+        assert request(gw.port, "GET", "/echo").status == 503  # not yet probed
+        wait_for(lambda: request(gw.port, "GET", "/echo").status == 200, what="probed healthy")
+    finally:
+        gw.stop()
+
+
+def test_bad_active_settings_are_errors_with_their_paths():
+    config = inproc.config()
+    config["upstreams"]["up"]["health_check"] = {
+        "active": {"path": "health", "interval": "0s", "expect_status": [99], "initial": "maybe"}
+    }
+    assert errors_of({}, None, upstreams=config["upstreams"]) == [
+        "upstreams.up.health_check.active.path: expected a path such as /health, got 'health'",
+        "upstreams.up.health_check.active.interval: expected a duration above 0, got '0s'",
+        "upstreams.up.health_check.active.expect_status[0]: expected a status 100-599, got 99",
+        "upstreams.up.health_check.active.initial: expected one of healthy, unhealthy, got 'maybe'",
+    ]

@@ -15,7 +15,6 @@ from ..http.addresses import Network, network
 from ..http.paths import DECODE, KEEP, REJECT
 from ..plugins.config import PluginEntry, parse_plugins
 from ..plugins.consumers import Consumer
-from ..plugins.keys import NAMED_KEY
 from ..tls import ListenerTls, check_listener_tls
 from .fields import (
     INVALID,
@@ -34,7 +33,7 @@ from .fields import (
     spec,
     string,
 )
-from .traffic import Plan, RedisSettings, positive_duration
+from .traffic import NAMED_KEY, Plan, RedisSettings, positive_duration
 
 _HOST_PORT = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]*)):(?P<port>\d{1,5})"
@@ -217,8 +216,29 @@ class PassiveHealth:
     )
 
 
+def status_code(value: Any, path: str, errors: Errors) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    return errors.add(path, f"expected a status 100-599, got {describe(value)}")
+
+
+@dataclass(frozen=True)
+class ActiveHealth:
+    """Probes from one process of the gateway; every worker follows their verdict."""
+
+    path: str = spec(string(pattern=r"/[^\s?#]*(\?[^\s#]*)?", hint="a path such as /health"), "/")
+    interval: float = spec(positive_duration, 2.0)
+    timeout: float = spec(positive_duration, 1.0)
+    healthy: int = spec(integer(min=1), 2)  # consecutive passes that make a target healthy
+    unhealthy: int = spec(integer(min=1), 3)  # consecutive failures that make it unhealthy
+    expect_status: tuple[int, ...] = spec(list_of(status_code, min_len=1), (200,))
+    host: str | None = spec(string(pattern=r"[A-Za-z0-9.\-:\[\]]+", hint="a host name"), None)
+    initial: str = spec(one_of("healthy", "unhealthy"), "healthy")
+
+
 @dataclass(frozen=True)
 class HealthCheck:
+    active: ActiveHealth | None = spec(optional(record(ActiveHealth)), None)
     passive: PassiveHealth | None = spec(optional(record(PassiveHealth)), None)
 
 

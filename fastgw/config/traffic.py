@@ -3,6 +3,7 @@ numbers of a limit and of a quota (written the same in a plugin entry and in a p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,6 +11,8 @@ from urllib.parse import urlsplit
 from .fields import Errors, describe, duration, integer, list_of, mapping_of, one_of, record, spec
 
 QUOTA_PERIODS = ("hour", "day", "month")
+# A request key that names a header, a query parameter or a cookie (plugins/keys.py).
+NAMED_KEY = re.compile(r"(header|query|cookie):([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
 
 
 def positive_duration(value: Any, path: str, errors: Errors) -> Any:

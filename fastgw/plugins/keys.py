@@ -6,15 +6,14 @@ them (joined). Each key becomes one closure at load, so a request pays only for 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from ..config.fields import Errors, describe
+from ..config.traffic import NAMED_KEY
 from .base import Build
 
 KEY_KINDS = ("consumer", "ip", "route", "global", "path")
-NAMED_KEY = re.compile(r"(header|query|cookie):([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
 MISSING = b"-"  # the key part of a request that lacks it: limited together, never let through
 KEY_HINT = "consumer, ip, route, global, path, header:NAME, query:NAME or cookie:NAME"
 

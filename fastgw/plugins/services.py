@@ -17,6 +17,7 @@ from ..config.traffic import RedisSettings
 from ..quotas import QuotaTable
 from ..redis_store import RedisStore
 from ..shared import SharedTable
+from ..upstream.probes import HealthTable, Prober, Verdicts
 
 # Keys of a table made for one process (tests, benchmarks); a gateway's comes from its master.
 PRIVATE_TABLE_SLOTS = 1 << 16
@@ -30,6 +31,7 @@ class SharedState:
     limits: SharedTable
     quotas: QuotaTable
     concurrency: ConcurrencyTable
+    health: HealthTable
 
 
 class Services:
@@ -45,6 +47,8 @@ class Services:
         self.table = shared.limits if shared is not None else None
         self.quotas = shared.quotas if shared is not None else None
         self.concurrency = shared.concurrency if shared is not None else None
+        self.health = shared.health if shared is not None else HealthTable()
+        self.verdicts = Verdicts(loop, self.health)
         self.worker_index = worker_index  # this worker's column in the concurrency table
         # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
         # (the loop's own time is coarse and per process). Tests may swap it.
@@ -69,6 +73,22 @@ class Services:
         if self.concurrency is None:
             self.concurrency = ConcurrencyTable(PRIVATE_TABLE_SLOTS, workers=1)
         return self.concurrency
+
+    def follow_health(self, clusters: list[Any]) -> None:
+        """A new config's clusters (upstream/cluster.py): every worker follows the active verdicts; worker 0 probes
+        (a prober is kept while its target and settings stay the same)."""
+        self.verdicts.follow(clusters)
+        if self.worker_index != 0:
+            return
+        for cluster in clusters:
+            active = cluster.upstream.health_check.active
+            if active is None:
+                continue
+            for host in cluster.hosts:
+                self.keep(
+                    ("probe", host, active),
+                    lambda host=host, active=active: Prober(host, active, self.health),
+                )
 
     def redis_store(self, settings: RedisSettings) -> RedisStore:
         """The worker's client of the Redis `settings` name (kept while a config uses it)."""

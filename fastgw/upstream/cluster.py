@@ -49,12 +49,12 @@ class Cluster:
         self.rotate(now)
 
     def rotate(self, now: float | None = None) -> None:
-        """(Re)build the balancer over the targets in rotation: all of them, but those passive
-        health took out. Each health change calls it; requests pay nothing for health."""
+        """(Re)build the balancer over the targets in rotation: all of them, but those active
+        or passive health took out. Each health change calls it; requests pay nothing."""
         live = [
             (host, weight)
             for host, weight in zip(self.hosts, self.weights, strict=True)
-            if host.health is None or host.health.state in IN_ROTATION
+            if host.active_ok and (host.health is None or host.health.state in IN_ROTATION)
         ]
         hosts = [host for host, _ in live]
         weights = [weight for _, weight in live]

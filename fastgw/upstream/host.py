@@ -57,6 +57,7 @@ class Host:
     and the target's state."""
 
     __slots__ = (
+        "active_ok",
         "address",
         "cluster",
         "ewma",
@@ -105,6 +106,7 @@ class Host:
         self.ewma_at = 0.0
         self.ewma_decay = 0.0
         self.health: Passive | None = None  # passive health, when its upstream checks it
+        self.active_ok = True  # the active probes' verdict (upstream/probes.py)
         self.watched = False  # the completion point feeds the EWMA or passive health
         self.cluster: Rotation | None = None  # the cluster of the live config that names it
 

@@ -18,6 +18,8 @@ written by hand so that the server can also misbehave on purpose. The path picks
   /sink                 reply with the size and sha256 of the body
   /stats                how many connections are open now
   /set-delay?delay=S    from now on, every echo answer waits S seconds (0: none)
+  /health               a health probe: counted (/stats "probes"), answered with the status
+                        /set-health?status=N set (200 at first)
   anything else         200 JSON echo: method, target, headers, body size and sha256, connection
                         id, the server's port; header `X-Upstream-Port`
 """
@@ -40,6 +42,8 @@ OPEN = [0]  # connections open right now, for /stats
 OPTIONS_SEEN = [0]  # OPTIONS requests received, for /stats (CORS preflights must not arrive)
 TRAILERS: dict[int, list] = {}  # request trailers, by id of the h11 Request (frozen)
 DELAY = [0.0]  # seconds every echo answer waits (/set-delay)
+HEALTH = [200]  # the status /health answers (/set-health)
+PROBES = [0]  # /health requests received
 PORT = [0]
 
 
@@ -185,9 +189,20 @@ async def respond(
         return False
     elif path == "/stats":
         body = json.dumps(
-            {"open": OPEN[0], "connections": conn_id, "options": OPTIONS_SEEN[0]}
+            {
+                "open": OPEN[0],
+                "connections": conn_id,
+                "options": OPTIONS_SEEN[0],
+                "probes": PROBES[0],
+            }
         ).encode()
         w(head(200, [("Content-Length", str(len(body)))]) + body)
+    elif path == "/health":
+        PROBES[0] += 1
+        w(head(HEALTH[0], [("Content-Length", "2")]) + b"ok")
+    elif path == "/set-health":
+        HEALTH[0] = int(query.get("status", "200"))
+        w(head(200, [("Content-Length", "2")]) + b"ok")
     elif path == "/set-delay":
         DELAY[0] = float(query.get("delay", "0"))
         w(head(200, [("Content-Length", "2")]) + b"ok")
