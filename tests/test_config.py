@@ -303,3 +303,27 @@ def test_a_config_without_upstreams_or_routes_is_an_error(tmp_path, text, expect
         cwd=ROOT,
     )
     assert check.returncode == 1 and expected[-1] in check.stdout
+
+
+def test_yaml_booleans_are_true_and_false_only(tmp_path):
+    """YAML 1.1 reads on/off/yes/no as booleans: `on:` would become the key True."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            upstreams:
+              up:
+                targets: [{url: "http://127.0.0.1:9001"}]
+                health_check:
+                  passive: {on: [connect_error, 503]}
+            routes:
+              - {match: {paths: ["/*"]}, upstream: up}
+            """
+        )
+    )
+    passive = load(path).config.upstreams["up"].health_check.passive
+    assert passive.on == ("connect_error", 503)
+    path.write_text(path.read_text().replace("health_check:", "tls_verify: yes\n    health_check:"))
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert caught.value.errors == ["upstreams.up.tls_verify: expected true or false, got 'yes'"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,20 @@ class Loaded:
     digest: str  # first 12 hex digits of the file's sha256: names the config version in logs
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true and false. YAML 1.1 also reads
+    yes/no/on/off as booleans, which turns a key such as `on:` (passive health) into True."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def read_document(path: Path) -> Any:
     """Parse the file by extension: .toml with tomllib, .yaml/.yml with PyYAML."""
     data = path.read_bytes()
@@ -63,7 +78,7 @@ def read_document(path: Path) -> Any:
             raise ConfigError(str(path), [f"invalid TOML: {exc}"]) from None
     if suffix in (".yaml", ".yml"):
         try:
-            return yaml.safe_load(data)
+            return yaml.load(data, Loader=YamlLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(str(path), [f"invalid YAML: {exc}".replace("\n", " ")]) from None
     raise ConfigError(str(path), [f"unknown file type '{suffix}' (expected .toml, .yaml or .yml)"])
