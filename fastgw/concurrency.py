@@ -13,18 +13,7 @@ from __future__ import annotations
 import mmap
 import struct
 
-from .shared import PROBES, ProcessLock
-
-
-class NoLock:
-    def lock(self) -> None:
-        pass
-
-    def unlock(self) -> None:
-        pass
-
-
-NO_LOCK = NoLock()
+from .shared import NO_LOCK, PROBES, ProcessLock
 
 # What `admit` answers.
 ADMITTED, QUEUED, REFUSED, FULL = range(4)

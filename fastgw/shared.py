@@ -82,6 +82,19 @@ class ProcessLock:
             return
 
 
+class NoLock:
+    """The lock of state only one process touches at a time (one worker)."""
+
+    def lock(self) -> None:
+        pass
+
+    def unlock(self) -> None:
+        pass
+
+
+NO_LOCK = NoLock()
+
+
 class SharedTable:
     __slots__ = ("guard", "mask", "memory", "shared")
 

@@ -327,3 +327,22 @@ def test_yaml_booleans_are_true_and_false_only(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load(path)
     assert caught.value.errors == ["upstreams.up.tls_verify: expected true or false, got 'yes'"]
+
+
+def test_the_readme_upstream_examples_load():
+    """The YAML examples of the README's "Load balancing, health and failover" section are
+    valid as written (with a route to the first upstream added)."""
+    import re
+
+    import yaml
+
+    from fastgw.config.loader import YamlLoader
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Load balancing") : text.index("## Signals")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        upstreams = yaml.load(textwrap.dedent(block), Loader=YamlLoader)["upstreams"]
+        route = {"match": {"paths": ["/*"]}, "upstream": next(iter(upstreams))}
+        validate({"upstreams": upstreams, "routes": [route]})

@@ -70,16 +70,15 @@ class Quota(CountingPlugin):
     priority = -2  # after rate-limit and concurrency-limit: a request they refuse spends none
     Config = QuotaConfig
     adds_fields = True
+    plan_part = "quota"
 
     def __init__(self, config: QuotaConfig, build: Build) -> None:
         super().__init__(config, build)
         numbers = QuotaNumbers(config.limit, config.per)
         self.terms = Terms(numbers, build.entry_path, config)
-        self.plans: dict[str, Terms] = {}
-        if config.per_plan:
-            for plan_name, plan in build.plans.items():
-                if plan.quota is not None:
-                    self.plans[plan_name] = Terms(plan.quota, build.entry_path, config)
+        self.plans: dict[str, Terms] = self.by_plan(
+            config, build, lambda _, numbers: Terms(numbers, build.entry_path, config)
+        )
         self.key = key_reader(config.key, build)
         self.loop = build.services.loop
         self.wall_clock = build.services.wall_clock
@@ -92,14 +91,8 @@ class Quota(CountingPlugin):
         else:
             self.table = build.services.quota_table()
 
-    def terms_of(self, ex: Any) -> Terms:
-        consumer = ex.consumer
-        if consumer is None or consumer.plan is None:
-            return self.terms
-        return self.plans.get(consumer.plan, self.terms)
-
     def on_request(self, ex: Any) -> Reply | None:
-        terms = self.terms_of(ex)
+        terms = self.planned(ex, self.terms)
         now = self.wall_clock()
         window, end = terms.window.current(now)
         counted, used = self.table.spend(
@@ -108,7 +101,7 @@ class Quota(CountingPlugin):
         return self.settle(ex, terms.limit, counted, used, end - now)
 
     def redis_request(self, ex: Any) -> Any:
-        terms = self.terms_of(ex)
+        terms = self.planned(ex, self.terms)
         now = self.wall_clock()
         window, end = terms.window.current(now)
         key = b"%s%d:%s" % (terms.prefix, window, self.key(ex))

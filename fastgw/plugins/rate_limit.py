@@ -13,9 +13,10 @@ replace the entry's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config.fields import (
     Errors,
@@ -93,8 +94,11 @@ class Policy:
 
 
 class CountingPlugin(Plugin):
-    """The checks of plugins that count requests per key with a backend and plans (rate-limit,
-    quota): their configs have `key`, `backend` and `per_plan`."""
+    """What plugins that count requests per key with a backend and plans share (rate-limit,
+    quota): their configs have `key`, `backend` and `per_plan`; `plan_part` names their part
+    of a plan (`plans.NAME.rate_limit`, `plans.NAME.quota`)."""
+
+    plan_part: ClassVar[str] = ""
 
     @classmethod
     def check_context(cls, config: Any, path: str, context: TrafficContext, errors: Errors) -> None:
@@ -107,22 +111,39 @@ class CountingPlugin(Plugin):
         uses_consumer = "consumer" in config.key or config.per_plan
         needs_consumer(uses_consumer, cls.name, path, route, phases, errors)
 
+    def by_plan(self, config: Any, build: Build, make: Callable[[str, Any], Any]) -> dict:
+        """With `per_plan`, `make(plan name, the plan's part)` for each plan that has a part."""
+        if not config.per_plan:
+            return {}
+        return {
+            name: make(name, part)
+            for name, plan in build.plans.items()
+            if (part := getattr(plan, self.plan_part)) is not None
+        }
+
+    def planned(self, ex: Any, default: Any) -> Any:
+        """What the consumer's plan made (`by_plan`), else `default`."""
+        consumer = ex.consumer
+        if consumer is None or consumer.plan is None:
+            return default
+        return self.plans.get(consumer.plan, default)
+
 
 class RateLimit(CountingPlugin):
     name = "rate-limit"
     phase = Phase.RATE_LIMIT
     Config = RateLimitConfig
+    plan_part = "rate_limit"
 
     def __init__(self, config: RateLimitConfig, build: Build) -> None:
         super().__init__(config, build)
         self.policy = Policy(config.limits, (build.entry_path,), config, build)
         self.limiter = getattr(self.policy, "limiter", None)
-        self.plans: dict[str | None, Policy] = {}
-        if config.per_plan:
-            for plan_name, plan in build.plans.items():
-                if plan.rate_limit is not None:
-                    name = (build.entry_path, "plan", plan_name)
-                    self.plans[plan_name] = Policy(plan.rate_limit, name, config, build)
+        self.plans: dict[str, Policy] = self.by_plan(
+            config,
+            build,
+            lambda plan, limits: Policy(limits, (build.entry_path, "plan", plan), config, build),
+        )
         self.key = key_reader(config.key, build)
         self.clock = build.services.clock
         self.loop = build.services.loop
@@ -146,12 +167,6 @@ class RateLimit(CountingPlugin):
         elif config.per_plan:
             self.on_request = self.plan_request
 
-    def policy_of(self, ex: Any) -> Policy:
-        consumer = ex.consumer
-        if consumer is None or consumer.plan is None:
-            return self.policy
-        return self.plans.get(consumer.plan, self.policy)
-
     def on_request(self, ex: Any) -> Reply | Any | None:
         # PERF: the common case, one local policy, with the fields formatted inline.
         wait, limit, remaining, reset = self.limiter.decide(self.key(ex), self.clock())
@@ -171,7 +186,7 @@ class RateLimit(CountingPlugin):
         return self.refused(-wait, limit)
 
     def plan_request(self, ex: Any) -> Reply | Any | None:
-        decision = self.policy_of(ex).limiter.decide(self.key(ex), self.clock())
+        decision = self.planned(ex, self.policy).limiter.decide(self.key(ex), self.clock())
         outcome = self.settle(ex, *decision)
         if outcome.__class__ is float:
             return self.delayed(outcome, self.loop.create_future())
@@ -180,7 +195,7 @@ class RateLimit(CountingPlugin):
     def redis_request(self, ex: Any) -> Any:
         """Queued for this turn's batch; the Future resolves when Redis (or its timeout) has
         answered, and later in delay mode."""
-        policy = self.policy_of(ex)
+        policy = self.planned(ex, self.policy)
         key = self.key(ex)
         future = self.loop.create_future()
         done = partial(self.redis_decided, ex, future, policy)

@@ -1,7 +1,8 @@
 """Balancers: which target of an upstream a request goes to.
 
-Every balancer has `pick(ex, exclude) -> Host | None` (`exclude`: targets a failed attempt of
-this request already tried). Per request a pick reads a few attributes and does some
+Every balancer is built over the targets in rotation, each with a weight above 0 (the cluster
+leaves out the others, upstream/cluster.py), and has `pick(ex, exclude) -> Host | None`
+(`exclude`: targets a failed attempt of this request already tried). Per request a pick reads a few attributes and does some
 arithmetic; everything that can be is computed when the config loads.
 
 - round_robin: smooth weighted round robin (nginx's): even spread, weights respected.
@@ -28,18 +29,17 @@ VNODES = 160  # ring points of a target of average weight
 
 
 class RoundRobin:
-    """Picks targets in proportion to their weights; weight 0 switches a target off."""
+    """Picks targets in proportion to their weights."""
 
     __slots__ = ("current", "single", "targets", "total", "weights")
 
     def __init__(self, targets: list[Any], weights: list[int]) -> None:
-        live = [(t, w) for t, w in zip(targets, weights, strict=True) if w > 0]
-        self.targets = [t for t, _ in live]
-        self.weights = [w for _, w in live]
-        self.current = [0] * len(live)
-        self.total = sum(self.weights)
+        self.targets = targets
+        self.weights = weights
+        self.current = [0] * len(targets)
+        self.total = sum(weights)
         # PERF: the common one-target upstream skips the arithmetic.
-        self.single = self.targets[0] if len(live) == 1 else None
+        self.single = targets[0] if len(targets) == 1 else None
 
     def pick(self, ex: Any = None, exclude: Any = None) -> Any:
         """The next target, skipping those in `exclude` (a container or None); None if none left."""
@@ -67,9 +67,8 @@ class LeastConn:
     __slots__ = ("targets", "weights")
 
     def __init__(self, targets: list[Any], weights: list[int]) -> None:
-        live = [(t, w) for t, w in zip(targets, weights, strict=True) if w > 0]
-        self.targets = [t for t, _ in live]
-        self.weights = [1.0 / w for _, w in live]  # PERF: multiplied, not divided, per pick
+        self.targets = targets
+        self.weights = [1.0 / w for w in weights]  # PERF: multiplied, not divided, per pick
 
     def pick(self, ex: Any = None, exclude: Any = None) -> Any:
         weights = self.weights
@@ -101,11 +100,10 @@ class ConsistentHash:
     def __init__(self, targets: list[Any], weights: list[int], key: Any) -> None:
         self.key = key  # a reader of the request's key: bytes, or None when it has none
         self.fallback = RoundRobin(targets, weights)
-        live = [(t, w) for t, w in zip(targets, weights, strict=True) if w > 0]
-        mean = sum(w for _, w in live) / len(live) if live else 1
+        mean = sum(weights) / len(weights) if weights else 1
         ring = sorted(
             (ring_point(b"%s#%d" % (target.label.encode(), node)), target)
-            for target, weight in live
+            for target, weight in zip(targets, weights, strict=True)
             for node in range(max(1, round(VNODES * weight / mean)))
         )
         self.points = [point for point, _ in ring]
@@ -140,10 +138,9 @@ class PeakEwma:
     __slots__ = ("count", "decay", "targets", "weights")
 
     def __init__(self, targets: list[Any], weights: list[int], decay: float, now: float) -> None:
-        live = [(t, w) for t, w in zip(targets, weights, strict=True) if w > 0]
-        self.targets = [t for t, _ in live]
-        self.weights = [1.0 / w for _, w in live]
-        self.count = len(live)
+        self.targets = targets
+        self.weights = [1.0 / w for w in weights]
+        self.count = len(targets)
         self.decay = decay
         # A target with no estimate yet (new, or back) starts at the upstream's median, not
         # at zero: zero would send it everything until its first answers came back.
@@ -168,8 +165,7 @@ class PeakEwma:
             return self.pick_untried(exclude)
         now = a.loop.time()
         decay = self.decay
-        # An estimate not refreshed for a while decays toward zero (tower's PeakEwma): a target
-        # that was slow is tried again after a while, and wins its traffic back if it recovered.
+        # PERF: `load` inline, twice.
         cost_a = a.ewma * math.exp((a.ewma_at - now) / decay) * (a.in_flight + 1)
         cost_b = b.ewma * math.exp((b.ewma_at - now) / decay) * (b.in_flight + 1)
         if cost_a * self.weights[first] <= cost_b * self.weights[second]:
@@ -184,8 +180,14 @@ class PeakEwma:
         for target, weight in zip(self.targets, self.weights, strict=True):
             if target in exclude:
                 continue
-            cost = target.ewma * math.exp((target.ewma_at - now) / self.decay)
-            cost *= (target.in_flight + 1) * weight
+            cost = load(target, now, self.decay) * weight
             if cost < lowest:
                 best, lowest = target, cost
         return best
+
+
+def load(target: Any, now: float, decay: float) -> float:
+    """A target's peak-EWMA cost before its weight: the estimate, decayed toward zero while
+    it was not refreshed (tower's PeakEwma: a target that was slow is tried again after a
+    while, and wins its traffic back if it recovered), times the attempts it would have."""
+    return target.ewma * math.exp((target.ewma_at - now) / decay) * (target.in_flight + 1)

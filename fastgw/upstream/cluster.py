@@ -49,12 +49,15 @@ class Cluster:
         self.rotate(now)
 
     def rotate(self, now: float | None = None) -> None:
-        """(Re)build the balancer over the targets in rotation: all of them, but those active
-        or passive health took out. Each health change calls it; requests pay nothing."""
+        """(Re)build the balancer over the targets in rotation: those with a weight above 0
+        that neither active nor passive health took out. Each health change calls it;
+        requests pay nothing."""
         live = [
             (host, weight)
             for host, weight in zip(self.hosts, self.weights, strict=True)
-            if host.active_ok and (host.health is None or host.health.state in IN_ROTATION)
+            if weight > 0
+            and host.active_ok
+            and (host.health is None or host.health.state in IN_ROTATION)
         ]
         hosts = [host for host, _ in live]
         weights = [weight for _, weight in live]
