@@ -129,12 +129,18 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     clusters: dict[str, Cluster] = {}
     used = set()
     now = services.loop.time()
+    budgets = set()
     for name, upstream in config.upstreams.items():
         members = [hosts.host(name, target.url, upstream) for target in upstream.targets]
         used.update(members)
         key = key_reader((upstream.hash_on,), build, None) if upstream.hash_on else None
-        clusters[name] = Cluster(name, members, upstream, key, now)
+        budget = None
+        if upstream.retry_budget is not None:
+            budget = services.budgets.budget(name, upstream.retry_budget)
+            budgets.add(budget)
+        clusters[name] = Cluster(name, members, upstream, key, now, budget)
     hosts.retain(used)
+    services.budgets.retain(budgets)
     services.follow_health(list(clusters.values()))
     chains = ChainBuilder(config.plugins, build)
     compiled = [

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 
 from .concurrency import ConcurrencyTable
 from .config.loader import ConfigError, Loaded, load
+from .counters import WorkerCounters
 from .listeners import ListenError, bind_all
 from .plugins.services import SharedState
 from .quotas import QuotaState, QuotaTable
 from .shared import SharedTable
+from .upstream.breaker import FIELDS as BREAKER_FIELDS
+from .upstream.budget import FIELDS as BUDGET_FIELDS
 from .upstream.probes import HealthTable
 from .worker import Bound, encode_config, run_worker
 
@@ -75,6 +78,8 @@ class Supervisor:
             QuotaTable(limits.max_quota_keys),
             ConcurrencyTable(limits.max_concurrency_keys, len(self.slots)),
             HealthTable(),
+            WorkerCounters(BUDGET_FIELDS, len(self.slots)),
+            WorkerCounters(BREAKER_FIELDS, len(self.slots)),
         )
         self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
         self.quota_state.load(time.time())
@@ -160,6 +165,7 @@ class Supervisor:
         slot.control = -1
         slot.pid = 0
         self.shared.concurrency.forget_worker(slot.index)  # what it held is free again
+        self.shared.breakers.forget_worker(slot.index)
         if self.stopping:
             return
         lived = time.monotonic() - slot.started

@@ -92,7 +92,8 @@ class Worker:
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.hosts = Hosts(self.loop)
+        breakers = self.shared.breakers if self.shared is not None else None
+        self.hosts = Hosts(self.loop, breakers, self.index)
         self.services = Services(self.loop, self.shared, self.index)
         self.stopped = self.loop.create_future()
         config = self.loaded.config

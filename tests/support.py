@@ -84,6 +84,14 @@ class Upstream:
             self.proc.terminate()
             self.proc.wait(5)
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-request, its connections reset."""
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def stats(self) -> dict:
+        return request(self.port, "GET", "/stats").json()
+
 
 def base_config(upstream_url: str, **server: Any) -> dict:
     """A config with free ports, one upstream `up` and a catch-all route to it."""

@@ -174,6 +174,23 @@ def integer(*, min: int | None = None, max: int | None = None) -> Parser:
     return parse
 
 
+def number(*, min: float = 0.0, max: float | None = None) -> Parser:
+    """A float (an int is taken too) within the bounds."""
+    hint = f"a number >= {min:g}" + (f" and <= {max:g}" if max is not None else "")
+
+    def parse(value: Any, path: str, errors: Errors) -> Any:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < min
+            or (max is not None and value > max)
+        ):
+            return errors.add(path, f"expected {hint}, got {describe(value)}")
+        return float(value)
+
+    return parse
+
+
 def one_of(*choices: str) -> Parser:
     def parse(value: Any, path: str, errors: Errors) -> Any:
         if value not in choices:

@@ -26,6 +26,7 @@ from .fields import (
     join,
     list_of,
     mapping_of,
+    number,
     one_of,
     optional,
     record,
@@ -242,6 +243,36 @@ class HealthCheck:
     passive: PassiveHealth | None = spec(optional(record(PassiveHealth)), None)
 
 
+RETRY_OUTCOMES = ("timeout", "reset")
+
+
+def retry_kind(value: Any, path: str, errors: Errors) -> Any:
+    """An outcome or an upstream status (500-599) on which idempotent requests are retried."""
+    if value in RETRY_OUTCOMES or (
+        isinstance(value, int) and not isinstance(value, bool) and 500 <= value <= 599
+    ):
+        return value
+    return errors.add(path, f"expected timeout, reset or a status 500-599, got {describe(value)}")
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """Retries add at most `ratio` of the upstream's request rate, plus `min_per_second`."""
+
+    ratio: float = spec(number(min=0.0, max=100.0), 0.2)
+    min_per_second: float = spec(number(min=0.0), 10.0)
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    """Per target, counted over all workers: beyond a limit the request goes elsewhere or
+    gets 503 at once."""
+
+    max_connections: int = spec(integer(min=1), 1000)  # open or opening
+    max_pending: int = spec(integer(min=0), 100)  # waiting for a connection (dialing)
+    max_requests: int = spec(integer(min=1), 1000)  # in flight
+
+
 BALANCERS = ("round_robin", "least_conn", "consistent_hash", "ewma")
 HASH_KEYS = ("ip", "consumer", "path")
 
@@ -267,6 +298,12 @@ class Upstream:
     hash_on: str | None = spec(hash_key, None)  # what consistent_hash hashes
     ewma_decay: float = spec(positive_duration, 10.0)  # ewma's time constant
     health_check: HealthCheck = spec(record(HealthCheck), factory=HealthCheck)
+    retries: int = spec(integer(min=0, max=10), 1)  # attempts after the first
+    retry_on: tuple[Any, ...] = spec(list_of(retry_kind), ())
+    retry_buffer: int = spec(size, 64 * 1024)  # request body kept for a replay (and mirrors)
+    retry_non_idempotent: bool = spec(boolean, False)
+    retry_budget: RetryBudget | None = spec(optional(record(RetryBudget)), factory=RetryBudget)
+    circuit_breaker: CircuitBreaker | None = spec(optional(record(CircuitBreaker)), None)
 
 
 def check_upstream(upstream: Upstream, path: str, errors: Errors) -> None:

@@ -69,8 +69,6 @@ WAITING, CONNECTING, SENDING, RESPONDING, DONE = range(5)
 # How the response body goes to the client.
 BODY_NONE, BODY_RAW, BODY_CHUNKED = range(3)
 
-# A request body is kept for a retry on a fresh connection only up to this size.
-REPLAY_LIMIT = 64 * 1024
 # Body bytes buffered while no upstream connection is attached before the client is paused.
 BUFFER_LIMIT = 256 * 1024
 
@@ -382,7 +380,10 @@ class Exchange(RequestView):
 
     def proceed(self) -> None:
         """Every plugin let the request through: pick a host and send the request to it."""
-        host = self.route.cluster.balancer.pick(self)
+        cluster = self.route.cluster
+        if cluster.budget is not None:
+            cluster.budget.requests += 1  # the rate retries are budgeted against
+        host = cluster.balancer.pick(self)
         if host is None:
             self.local_error(503, "no upstream target available")
             return
@@ -471,7 +472,7 @@ class Exchange(RequestView):
             conn.sent(self.client.body_at)  # PERF: the time they arrived, read already
             if sent is not None:
                 self.sent_bytes += self.pending_bytes
-                if self.sent_bytes > REPLAY_LIMIT:
+                if self.sent_bytes > self.route.cluster.retry_buffer:
                     self.sent = None
             if self.pending_bytes > BUFFER_LIMIT:
                 self.client.resume_reading_for_buffer()
@@ -570,6 +571,59 @@ class Exchange(RequestView):
             now,
         )
 
+    def retried(self, now: float) -> bool:
+        """A response head the upstream's `retry_on` names: when the request may go again
+        (replayable, retries and budget left, a target to go to), drop this response and
+        send the request again."""
+        cluster = self.route.cluster
+        if self.sent is None or not cluster.may_retry(self.method, self.attempts, now):
+            return False
+        following = self.next_host(True)
+        if following is None:
+            return False
+        conn = self.conn
+        self.conn = None
+        conn.exchange = None  # the rest of this response is not read
+        log.info(
+            "upstream %s: answered %d (route %s): retrying",
+            self.upstream_host.label,
+            conn.parser.get_status_code(),
+            self.route.name,
+        )
+        self.live = False
+        started = self.started_at
+        self.upstream_host.attempt_ended(
+            OK, self.connected_at - started, now - started, now - started, now, conn, False
+        )
+        self.resend(following)
+        return True
+
+    def next_host(self, same_allowed: bool) -> Host | None:
+        """The target of the next attempt: another than those tried (or, if `same_allowed`
+        and there is no other, any)."""
+        tried = getattr(self, "tried", None)
+        if tried is None:
+            tried = self.tried = []
+        tried.append(self.upstream_host)
+        balancer = self.route.cluster.balancer
+        following = balancer.pick(self, tried)
+        if following is None and same_allowed:
+            following = balancer.pick(self)
+        return following
+
+    def resend(self, host: Host) -> None:
+        """A new attempt on `host` with what was sent so far (the head, the body read)."""
+        sent = self.sent
+        if sent:  # the head first, then the body sent so far: the body goes again
+            self.pending = sent[1:] + self.pending
+            self.pending_bytes += self.sent_bytes
+            self.sent = []
+            self.sent_bytes = 0
+        self.client.resume_reading_for_peer()  # the old connection's back-pressure is gone
+        if host is not self.upstream_host and (not self.route.preserve_host or self.host is None):
+            self.head = self.head_for(host)
+        self.dispatch(host)
+
     def connected(self, host: Host, conn: UpstreamProtocol) -> None:
         now = self.client.loop.time()
         if self.state != CONNECTING or host is not self.upstream_host:
@@ -595,17 +649,12 @@ class Exchange(RequestView):
             return
         self.end_attempt(CONNECT_ERROR, self.client.loop.time())
         log.warning("upstream %s: connect %s (route %s): %s", host.label, why, route.name, detail)
-        tried = getattr(self, "tried", None)
-        if tried is None:
-            tried = self.tried = []
-        tried.append(host)
-        following = route.cluster.balancer.pick(self, tried)
+        # Nothing reached the upstream: always retried (within `retries`), on another target.
+        following = self.next_host(False) if self.attempts <= route.cluster.retries else None
         if following is None:
             self.local_error(*describe_dial_failure(why))
             return
-        if not route.preserve_host or self.host is None:
-            self.head = self.head_for(following)
-        self.dispatch(following)
+        self.resend(following)
 
     def upstream_failed(self, conn: UpstreamProtocol, outcome: str, now: float) -> None:
         """The connection failed before the response ended: replay, or answer 502/504."""
@@ -648,6 +697,16 @@ class Exchange(RequestView):
             "upstream %s: %s (route %s)", self.upstream_host.label, outcome, self.route.name
         )
         self.end_attempt(outcome, now)
+        cluster = self.route.cluster
+        if (
+            outcome in cluster.retry_outcomes
+            and sent is not None
+            and cluster.may_retry(self.method, self.attempts, now)
+        ):
+            following = self.next_host(True)
+            if following is not None:
+                self.resend(following)
+                return
         self.close_after = self.close_after or not self.body_done
         if outcome == TIMEOUT:
             self.local_error(504, "upstream timed out")
@@ -682,6 +741,8 @@ class Exchange(RequestView):
     def response_head(self, status: int, fields: list[bytes], framing: int, now: float) -> bool:
         """The upstream's response head (hop-by-hop fields already out): build the client's,
         after the route's response hooks. True when no body follows (a response to HEAD)."""
+        if status >= 500 and status in self.route.cluster.retry_statuses and self.retried(now):
+            return False
         self.state = RESPONDING
         self.sent = None
         self.status = status

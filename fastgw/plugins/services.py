@@ -14,9 +14,12 @@ from typing import Any
 
 from ..concurrency import ConcurrencyTable
 from ..config.traffic import RedisSettings
+from ..counters import WorkerCounters
 from ..quotas import QuotaTable
 from ..redis_store import RedisStore
 from ..shared import SharedTable
+from ..upstream.budget import FIELDS as BUDGET_FIELDS
+from ..upstream.budget import Budgets
 from ..upstream.probes import HealthTable, Prober, Verdicts
 
 # Keys of a table made for one process (tests, benchmarks); a gateway's comes from its master.
@@ -26,12 +29,15 @@ PRIVATE_TABLE_SLOTS = 1 << 16
 @dataclass
 class SharedState:
     """What the master makes before it forks, shared by every worker: rate-limit buckets,
-    quota counts and requests in flight."""
+    quota counts, requests in flight, active health verdicts, retry budgets' counts and
+    circuit breakers' counts."""
 
     limits: SharedTable
     quotas: QuotaTable
     concurrency: ConcurrencyTable
     health: HealthTable
+    budgets: WorkerCounters
+    breakers: WorkerCounters
 
 
 class Services:
@@ -49,6 +55,8 @@ class Services:
         self.concurrency = shared.concurrency if shared is not None else None
         self.health = shared.health if shared is not None else HealthTable()
         self.verdicts = Verdicts(loop, self.health)
+        counts = shared.budgets if shared is not None else WorkerCounters(BUDGET_FIELDS, 1)
+        self.budgets = Budgets(loop, counts, worker_index)
         self.worker_index = worker_index  # this worker's column in the concurrency table
         # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
         # (the loop's own time is coarse and per process). Tests may swap it.

@@ -9,30 +9,49 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .balancer import ConsistentHash, LeastConn, PeakEwma, RoundRobin
+from .breaker import Breaking
 from .health import IN_ROTATION, Guarded
+from .outcomes import RESET, TIMEOUT
 
 if TYPE_CHECKING:
     from ..config.schema import Upstream
+    from .budget import Budget
     from .host import Host
+
+# Methods retried on `retry_on` outcomes without `retry_non_idempotent` (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 
 class Cluster:
     __slots__ = (
         "balancer",
+        "budget",
         "connect_timeout",
         "hosts",
         "key",
         "name",
         "read_timeout",
         "reads_request",
+        "retries",
+        "retry_any_method",
+        "retry_buffer",
+        "retry_outcomes",
+        "retry_statuses",
         "upstream",
         "weights",
     )
 
     def __init__(
-        self, name: str, hosts: list[Host], upstream: Upstream, key: Any = None, now: float = 0.0
+        self,
+        name: str,
+        hosts: list[Host],
+        upstream: Upstream,
+        key: Any = None,
+        now: float = 0.0,
+        budget: Budget | None = None,
     ) -> None:
-        """`key` reads what consistent_hash hashes from a request; `now` is the loop's time."""
+        """`key` reads what consistent_hash hashes from a request; `now` is the loop's time;
+        `budget` is the upstream's retry budget (None: retries are not budgeted)."""
         self.name = name
         self.hosts = hosts
         self.upstream = upstream
@@ -43,6 +62,12 @@ class Cluster:
         self.reads_request = upstream.balancer == "consistent_hash"
         self.connect_timeout = upstream.timeouts.connect
         self.read_timeout = upstream.timeouts.read
+        self.retries = upstream.retries
+        self.retry_statuses = frozenset(k for k in upstream.retry_on if isinstance(k, int))
+        self.retry_outcomes = frozenset(k for k in upstream.retry_on if k in (TIMEOUT, RESET))
+        self.retry_any_method = upstream.retry_non_idempotent
+        self.retry_buffer = upstream.retry_buffer
+        self.budget = budget
         for host in hosts:
             host.cluster = self
         self.balancer: Any = None
@@ -71,9 +96,19 @@ class Cluster:
             balancer = PeakEwma(hosts, weights, self.upstream.ewma_decay, when)
         else:
             balancer = RoundRobin(hosts, weights)
+        if self.upstream.circuit_breaker is not None:
+            balancer = Breaking(balancer)
         if self.upstream.health_check.passive is not None:
             balancer = Guarded(balancer)
         self.balancer = balancer
+
+    def may_retry(self, method: bytes, attempts: int, now: float) -> bool:
+        """Whether a request that reached a target may be sent again (its body aside)."""
+        return (
+            attempts <= self.retries
+            and (self.retry_any_method or method in IDEMPOTENT)
+            and (self.budget is None or self.budget.allow(now))
+        )
 
     def may_eject(self, host: Host, max_percent: int) -> bool:
         """Whether one more target may leave: at most `max_percent` of them are out at once."""

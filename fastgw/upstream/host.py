@@ -18,7 +18,9 @@ import math
 import ssl
 from typing import TYPE_CHECKING, Protocol
 
+from ..counters import WorkerCounters
 from ..tls import client_context
+from .breaker import FIELDS, Breaker
 from .health import Passive
 from .outcomes import CLIENT_ABORT, OK
 from .protocol import UpstreamProtocol
@@ -59,7 +61,10 @@ class Host:
     __slots__ = (
         "active_ok",
         "address",
+        "breaker",
         "cluster",
+        "connections",
+        "dialing",
         "ewma",
         "ewma_at",
         "ewma_decay",
@@ -99,6 +104,9 @@ class Host:
         self.max_idle = 64
         self.idle_timeout = 60.0
         self.in_flight = 0  # attempts started and not ended
+        self.connections = 0  # open connections, idle or in use
+        self.dialing = 0  # connections being opened
+        self.breaker: Breaker | None = None  # its upstream's circuit_breaker, if any
         self.retired = False  # no live config names it: connections close when released
         # Peak-EWMA of the time to the response head (seconds; -1: none yet) and when it was
         # last updated; kept only when its upstream balances by it (ewma_decay > 0).
@@ -110,7 +118,7 @@ class Host:
         self.watched = False  # the completion point feeds the EWMA or passive health
         self.cluster: Rotation | None = None  # the cluster of the live config that names it
 
-    def configure(self, upstream: Upstream) -> None:
+    def configure(self, upstream: Upstream, breaker: Breaker | None = None) -> None:
         """Its upstream's settings (at each load)."""
         pool = upstream.pool
         self.max_idle = pool.max_idle
@@ -122,7 +130,10 @@ class Host:
             if self.health is not None:
                 self.health.close()
             self.health = Passive(passive) if passive is not None else None
-        self.watched = bool(self.ewma_decay) or self.health is not None
+        self.breaker = breaker
+        if breaker is not None:
+            breaker.publish(self)
+        self.watched = bool(self.ewma_decay) or self.health is not None or breaker is not None
         while len(self.idle) > self.max_idle:
             self.idle.pop(0).transport.close()
 
@@ -143,12 +154,15 @@ class Host:
         none came), `total` the attempt's duration, in seconds. `conn`, given when the response
         ended cleanly, goes back to the pool if `reusable` (its parser still has the status)."""
         self.in_flight -= 1
-        if self.watched and outcome != CLIENT_ABORT:
-            if self.ewma_decay:
-                self.observe(head if outcome == OK else total, outcome == OK, now)
-            if self.health is not None:
-                status = conn.parser.get_status_code() if conn is not None else 0
-                self.health.judge(self, outcome, status, now)
+        if self.watched:
+            if self.breaker is not None:
+                self.breaker.publish(self)
+            if outcome != CLIENT_ABORT:  # a client going away says nothing about the target
+                if self.ewma_decay:
+                    self.observe(head if outcome == OK else total, outcome == OK, now)
+                if self.health is not None:
+                    status = conn.parser.get_status_code() if conn is not None else 0
+                    self.health.judge(self, outcome, status, now)
         if conn is not None:
             if reusable:
                 self.release(conn, now)
@@ -198,6 +212,16 @@ class Host:
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
 
+    def opened(self) -> None:
+        self.connections += 1
+
+    def lost(self, conn: UpstreamProtocol) -> None:
+        self.connections -= 1
+        if conn.exchange is None:
+            self.forget(conn)
+        if self.breaker is not None:
+            self.breaker.publish(self)
+
     def close_idle(self) -> None:
         while self.idle:
             self.idle.pop().transport.close()
@@ -205,6 +229,9 @@ class Host:
     def dial(self, requester: Dialing, timeout: float) -> None:
         """Open a new connection; report to `requester.connected` or `.connect_failed`."""
         loop = self.loop
+        self.dialing += 1
+        if self.breaker is not None:
+            self.breaker.publish(self)
         task = loop.create_task(
             loop.create_connection(
                 lambda: UpstreamProtocol(self),
@@ -218,6 +245,9 @@ class Host:
 
         def done(task: asyncio.Task) -> None:
             timer.cancel()
+            self.dialing -= 1
+            if self.breaker is not None:
+                self.breaker.publish(self)
             if task.cancelled():
                 requester.connect_failed(self, DIAL_TIMEOUT, f"no connection within {timeout:g}s")
                 return
@@ -241,8 +271,16 @@ HostKey = tuple[str, str, int, tuple[str | None, bool] | None]
 class Hosts:
     """The hosts of one worker, by key; reloads keep those whose key is unchanged."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        counters: WorkerCounters | None = None,
+        worker: int = 0,
+    ) -> None:
+        """`counters`: the gateway's shared breaker counts (one worker's own if None)."""
         self.loop = loop
+        self.counters = counters
+        self.worker = worker
         self.hosts: dict[HostKey, Host] = {}
         # TLS client contexts of the load in progress, one per (CA file, verify): CA files are
         # read again at each load; connections already open keep the context they made.
@@ -262,7 +300,13 @@ class Hosts:
         if host is None:
             host = self.hosts[key] = Host(self.loop, upstream_name, address, port, context)
         host.tls = context
-        host.configure(upstream)
+        breaker = None
+        if upstream.circuit_breaker is not None:
+            if self.counters is None:
+                self.counters = WorkerCounters(FIELDS, 1)
+            name = (upstream_name, host.label)
+            breaker = Breaker(name, upstream.circuit_breaker, self.counters, self.worker)
+        host.configure(upstream, breaker)
         return host
 
     def retain(self, used: set[Host]) -> None:

@@ -81,7 +81,13 @@ class Owner(Protocol):
 
     loop: Any
 
-    def forget(self, conn: UpstreamProtocol) -> None: ...
+    def opened(self) -> None: ...
+
+    def lost(self, conn: UpstreamProtocol) -> None:
+        """The connection closed (idle or not)."""
+
+    def forget(self, conn: UpstreamProtocol) -> None:
+        """An idle connection is being closed: out of the pool."""
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -138,6 +144,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.owner.opened()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -146,9 +153,9 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.owner.lost(self)
         exchange = self.exchange
         if exchange is None:
-            self.owner.forget(self)
             return
         self.exchange = None
         now = self.loop.time()

@@ -16,8 +16,10 @@ written by hand so that the server can also misbehave on purpose. The path picks
   /midbody-reset        promise 1 MiB, send 1 KiB, reset the connection
   /truncated            a chunked head and one 500-byte chunk, then close (no last chunk)
   /sink                 reply with the size and sha256 of the body
-  /stats                how many connections are open now
+  /stats                how many connections are open now, requests served (all but these
+                        control paths), probes
   /set-delay?delay=S    from now on, every echo answer waits S seconds (0: none)
+  /set-status?status=N  from now on, every echo answer has status N (200: normal again)
   /health               a health probe: counted (/stats "probes"), answered with the status
                         /set-health?status=N set (200 at first)
   anything else         200 JSON echo: method, target, headers, body size and sha256, connection
@@ -44,6 +46,8 @@ TRAILERS: dict[int, list] = {}  # request trailers, by id of the h11 Request (fr
 DELAY = [0.0]  # seconds every echo answer waits (/set-delay)
 HEALTH = [200]  # the status /health answers (/set-health)
 PROBES = [0]  # /health requests received
+REQUESTS = [0]  # requests received, but for the control paths (/stats, /health, /set-*)
+STATUS = [200]  # the status echo answers have (/set-status)
 PORT = [0]
 
 
@@ -123,6 +127,8 @@ async def respond(
     w = writer.write
     if request.method == b"OPTIONS":
         OPTIONS_SEEN[0] += 1
+    if path not in ("/stats", "/health") and not path.startswith("/set-"):
+        REQUESTS[0] += 1
     if path.startswith("/status/"):
         status = int(path.split("/")[2])
         body = b"" if status in (204, 304) else b"status body"
@@ -194,6 +200,7 @@ async def respond(
                 "connections": conn_id,
                 "options": OPTIONS_SEEN[0],
                 "probes": PROBES[0],
+                "requests": REQUESTS[0],
             }
         ).encode()
         w(head(200, [("Content-Length", str(len(body)))]) + body)
@@ -202,6 +209,9 @@ async def respond(
         w(head(HEALTH[0], [("Content-Length", "2")]) + b"ok")
     elif path == "/set-health":
         HEALTH[0] = int(query.get("status", "200"))
+        w(head(200, [("Content-Length", "2")]) + b"ok")
+    elif path == "/set-status":
+        STATUS[0] = int(query.get("status", "200"))
         w(head(200, [("Content-Length", "2")]) + b"ok")
     elif path == "/set-delay":
         DELAY[0] = float(query.get("delay", "0"))
@@ -242,7 +252,7 @@ async def respond(
             ]
         w(
             head(
-                200,
+                STATUS[0],
                 [("Content-Length", str(len(body))), ("Content-Type", "application/json"), *extra],
             )
             + body
