@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from .config.loader import ConfigError, Loaded, build_router, load
 from .plugins.config import effective
@@ -51,6 +52,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_upstream(route: Any) -> str:
+    """`orders`, or a split as `blue:90,green:10`; a mirror as `+mirror:shadow`."""
+    upstream = route.upstream
+    text = (
+        upstream
+        if isinstance(upstream, str)
+        else ",".join(f"{side.upstream}:{side.weight}" for side in upstream.split)
+    )
+    if route.mirror is not None:
+        text += f" +mirror:{route.mirror.upstream}"
+    return text
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.config)
     if loaded is None:
@@ -80,7 +94,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 methods,
                 hosts,
                 route.name or f"routes[{index}]",
-                route.upstream,
+                describe_upstream(route),
                 options or "-",
             )
         )

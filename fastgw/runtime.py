@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .config.loader import build_router
-from .config.schema import Config, Limits, ServerTimeouts
+from .config.schema import Config, Limits, ServerTimeouts, Split
+from .config.schema import Mirror as MirrorSettings
 from .http.addresses import Networks
 from .http.headers import REQUEST_KINDS, by_sent_name
 from .plugins.base import Build
@@ -21,6 +22,8 @@ from .plugins.services import Services
 from .router import Router
 from .upstream.cluster import Cluster
 from .upstream.host import Hosts
+from .upstream.mirror import Mirror
+from .upstream.split import Splitter
 
 # A local handler answers a request itself: (status, content type, body).
 LocalHandler = Callable[[Any], tuple[int, bytes, bytes]]
@@ -36,10 +39,12 @@ class CompiledRoute:
         "local",
         "log",
         "max_body",
+        "mirror",
         "name",
         "preserve_host",
         "reframe",
         "response",
+        "split",
         "strip_prefix",
     )
 
@@ -52,26 +57,35 @@ class CompiledRoute:
         local: LocalHandler | None = None,
         chain: Chain = EMPTY,
         max_body: int = 0,
+        split: Splitter | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
+        """`cluster` is None for a route the gateway answers itself, or one that `split`s."""
         self.name = name
         # The largest request body: the route's request-size-limit, else server.limits'.
         self.max_body = chain.max_body if chain.max_body is not None else max_body
         self.cluster = cluster
+        self.split = split
+        self.mirror = mirror
         self.strip_prefix = strip_prefix
         self.preserve_host = preserve_host
         self.local = local
         # PERF: the plugin hooks bound per phase; an empty tuple skips the phase entirely.
         self.access = chain.access
         self.response = chain.response
-        self.fields = chain.fields
+        # A split with a sticky cookie may add Set-Cookie, as a plugin adds fields.
+        self.fields = chain.fields or (split is not None and split.cookie is not None)
         self.body = chain.body
         self.reframe = chain.reframe
         self.log = chain.log
-        # Requests set up the plugin state (identity, client address) when a plugin or the
-        # cluster's balancer reads it.
-        reads = cluster is not None and cluster.reads_request
+        # Requests set up the plugin state (identity, client address) when a plugin, a
+        # cluster's balancer or a sticky split reads it.
+        clusters = [cluster] if cluster is not None else split.clusters if split else []
+        if mirror is not None:
+            clusters.append(mirror.cluster)
+        reads = any(c.reads_request for c in clusters) or (split is not None and split.key)
         self.hooked = bool(
-            chain.access or chain.response or chain.fields or chain.body or chain.log or reads
+            chain.access or chain.response or self.fields or chain.body or chain.log or reads
         )
 
 
@@ -146,11 +160,13 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     compiled = [
         CompiledRoute(
             route.name or f"routes[{i}]",
-            clusters[route.upstream],
+            clusters[route.upstream] if isinstance(route.upstream, str) else None,
             route.strip_prefix,
             route.preserve_host,
             chain=chains.chain_for(route.plugins),
             max_body=config.server.limits.max_body_bytes,
+            split=splitter(route.upstream, clusters, build),
+            mirror=mirror(route.mirror, clusters),
         )
         for i, route in enumerate(config.routes)
     ]
@@ -169,6 +185,25 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     )
     runtime.max_body = max([runtime.max_body, *(route.max_body for route in compiled)])
     return runtime
+
+
+def splitter(upstream: str | Split, clusters: dict[str, Cluster], build: Build) -> Any:
+    """A route's Splitter when it splits its traffic between upstreams."""
+    if isinstance(upstream, str):
+        return None
+    sides = [(clusters[side.upstream], side.weight) for side in upstream.split]
+    sticky = upstream.sticky
+    if sticky is None:
+        return Splitter(sides)
+    key = key_reader((sticky,), build, None)
+    cookie = sticky.partition(":")[2].encode() if sticky.startswith("cookie:") else None
+    return Splitter(sides, key, cookie)
+
+
+def mirror(settings: MirrorSettings | None, clusters: dict[str, Cluster]) -> Mirror | None:
+    if settings is None:
+        return None
+    return Mirror(clusters[settings.upstream], settings.percent, settings.max_in_flight)
 
 
 def local_runtime(

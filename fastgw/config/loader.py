@@ -172,15 +172,30 @@ def _check_hash_on_consumer(
     """An upstream that hashes on the consumer needs an authentication plugin on its routes."""
     globals_ = global_plugins if global_plugins is not INVALID else {}
     for i, route in enumerate(routes):
-        upstream = upstreams.get(route.upstream) if route is not INVALID else None
-        if upstream is None or upstream is INVALID or upstream.hash_on != "consumer":
+        if route is INVALID:
+            continue
+        hashing = [
+            (key, name)
+            for key, name in route.upstream_names()
+            if getattr(upstreams.get(name), "hash_on", None) == "consumer"
+        ]
+        split = route.upstream if not isinstance(route.upstream, str) else None
+        sticky_consumer = split is not None and split.sticky == "consumer"
+        if not hashing and not sticky_consumer:
             continue
         phases = {PLUGINS[entry.name].phase for entry in effective(globals_, route.plugins)}
-        if Phase.AUTHENTICATION not in phases:
+        if Phase.AUTHENTICATION in phases:
+            continue
+        for key, name in hashing:
             errors.add(
-                f"routes[{i}].upstream",
-                f"upstream '{route.upstream}' hashes on the consumer (hash_on: consumer), but "
+                f"routes[{i}].{key}",
+                f"upstream '{name}' hashes on the consumer (hash_on: consumer), but "
                 "no authentication plugin runs on this route",
+            )
+        if sticky_consumer:
+            errors.add(
+                f"routes[{i}].upstream.sticky",
+                "sticky: consumer needs an authentication plugin on this route",
             )
 
 
@@ -190,11 +205,12 @@ def _check_references(raw_upstreams: Any, routes: list[Any], errors: Errors) -> 
     for i, route in enumerate(routes):
         if route is INVALID:
             continue
-        if route.upstream not in known:
-            errors.add(
-                f"routes[{i}].upstream",
-                f"unknown upstream '{route.upstream}' (known: {', '.join(known) or 'none defined'})",
-            )
+        for key, name in route.upstream_names():
+            if name not in known:
+                errors.add(
+                    f"routes[{i}].{key}",
+                    f"unknown upstream '{name}' (known: {', '.join(known) or 'none defined'})",
+                )
         if route.name is not None:
             if route.name in names:
                 errors.add(

@@ -357,16 +357,94 @@ class Match:
     )
 
 
+upstream_name = string(hint="the name of an upstream")
+STICKY_KEYS = ("ip", "consumer")
+
+
+def sticky_key(value: Any, path: str, errors: Errors) -> Any:
+    """What keeps a client on one side of a split."""
+    if isinstance(value, str) and (
+        value in STICKY_KEYS or (NAMED_KEY.fullmatch(value) and not value.startswith("query:"))
+    ):
+        return value
+    return errors.add(
+        path, f"expected cookie:NAME, header:NAME, ip or consumer, got {describe(value)}"
+    )
+
+
+@dataclass(frozen=True)
+class SplitSide:
+    upstream: str = spec(upstream_name)
+    weight: int = spec(integer(min=0, max=10000))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Several upstreams, chosen per request by weight (canary, blue/green)."""
+
+    split: tuple[SplitSide, ...] = spec(list_of(record(SplitSide), min_len=1))
+    sticky: str | None = spec(sticky_key, None)  # a client stays on its side
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(side.upstream for side in self.split)
+
+
+_split = record(Split)
+
+
+def route_upstream(value: Any, path: str, errors: Errors) -> Any:
+    """The name of an upstream, or a split between several."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict):
+        return errors.add(
+            path,
+            f"expected the name of an upstream or {{split: [{{upstream, weight}}, ...]}}, got "
+            f"{describe(value)}",
+        )
+    parsed = _split(value, path, errors)
+    if parsed is INVALID:
+        return parsed
+    if not any(side.weight for side in parsed.split):
+        return errors.add(join(path, "split"), "expected at least one weight above 0")
+    if len(set(parsed.names)) != len(parsed.names):
+        return errors.add(join(path, "split"), "each upstream may appear once")
+    return parsed
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A copy of sampled requests to a shadow upstream, whose answers are discarded."""
+
+    upstream: str = spec(upstream_name)
+    percent: float = spec(number(min=0.0, max=100.0), 100.0)
+    max_in_flight: int = spec(integer(min=1), 100)  # copies at once, per worker
+
+
 @dataclass(frozen=True)
 class Route:
     match: Match = spec(record(Match))
-    upstream: str = spec(string(hint="the name of an upstream"))
+    upstream: str | Split = spec(route_upstream)
+    mirror: Mirror | None = spec(optional(record(Mirror)), None)
     name: str | None = spec(
         string(pattern=r"[A-Za-z0-9_.\-]+", hint="a name of letters, digits, '_', '-', '.'"), None
     )
     strip_prefix: bool = spec(boolean, False)
     preserve_host: bool = spec(boolean, True)
     plugins: dict[str, PluginEntry] = spec(parse_plugins, factory=dict)
+
+    def upstream_names(self) -> tuple[tuple[str, str], ...]:
+        """(key path, upstream name) of every upstream the route names."""
+        if isinstance(self.upstream, str):
+            named = [("upstream", self.upstream)]
+        else:
+            named = [
+                (f"upstream.split[{i}].upstream", n) for i, n in enumerate(self.upstream.names)
+            ]
+        if self.mirror is not None:
+            named.append(("mirror.upstream", self.mirror.upstream))
+        return tuple(named)
 
 
 @dataclass(frozen=True)

@@ -120,10 +120,12 @@ class Exchange(RequestView):
         "chunked",
         "client",
         "close_after",
+        "cluster",
         "conn",
         "connected_at",
         "consumer",
         "content_length",
+        "copy",
         "ctx",
         "depth",
         "discard",
@@ -212,6 +214,7 @@ class Exchange(RequestView):
             self.sent: list[bytes] | tuple | None = []  # what went upstream, for a replay
             self.sent_bytes = 0
             self.discard = False
+            self.copy: list[bytes] | None = None  # the body for a mirror, while it comes
             # Until routed, the largest body any route accepts; then the route's own limit.
             self.max_body = runtime.max_body
             if self.content_length > runtime.max_body:
@@ -380,7 +383,11 @@ class Exchange(RequestView):
 
     def proceed(self) -> None:
         """Every plugin let the request through: pick a host and send the request to it."""
-        cluster = self.route.cluster
+        route = self.route
+        cluster = route.cluster
+        if cluster is None:
+            cluster = route.split.choose(self)
+        self.cluster = cluster
         if cluster.budget is not None:
             cluster.budget.requests += 1  # the rate retries are budgeted against
         host = cluster.balancer.pick(self)
@@ -390,7 +397,33 @@ class Exchange(RequestView):
         if self.expect and self.body_bytes == 0:
             self.client.transport.write(CONTINUE)
         self.head = self.head_for(host)
+        mirror = route.mirror
+        if mirror is None or not mirror.sampled():
+            self.dispatch(host)
+            return
+        body = self.pending[:]  # the body that came so far (the head joins it in dispatch)
         self.dispatch(host)
+        try:
+            if self.body_bytes > mirror.cluster.retry_buffer:
+                mirror.drop("the request body is larger than its retry_buffer")
+            elif self.body_done:
+                mirror.send(self, body)
+            else:
+                self.copy = body  # sent when the rest has come
+        except Exception:
+            log.exception("mirror error on route %s (the request goes on)", route.name)
+
+    def copy_body(self, data: bytes) -> None:
+        """Keep a body piece for the mirror, up to the shadow upstream's retry_buffer."""
+        copy = self.copy
+        mirror = self.route.mirror
+        if self.body_bytes > mirror.cluster.retry_buffer:
+            self.copy = None
+            mirror.drop("the request body is larger than its retry_buffer")
+        elif self.chunked:
+            copy += chunk(data)
+        else:
+            copy.append(data)
 
     def head_for(self, host: Host) -> bytes:
         """The request head for the upstream, in one bytes object."""
@@ -441,13 +474,13 @@ class Exchange(RequestView):
         else:
             self.connected_at = 0.0
             self.state = CONNECTING
-            host.dial(self, self.route.cluster.connect_timeout)
+            host.dial(self, self.cluster.connect_timeout)
 
     def attach(self, conn: UpstreamProtocol, now: float) -> None:
         client = self.client
         self.conn = conn
         self.state = SENDING
-        conn.dispatch(self, now, self.route.cluster.read_timeout)
+        conn.dispatch(self, now, self.cluster.read_timeout)
         if client.write_paused:
             conn.pause_reading(now)
         if self.sent is NOTHING_SENT:  # no body: the head alone, at once
@@ -472,7 +505,7 @@ class Exchange(RequestView):
             conn.sent(self.client.body_at)  # PERF: the time they arrived, read already
             if sent is not None:
                 self.sent_bytes += self.pending_bytes
-                if self.sent_bytes > self.route.cluster.retry_buffer:
+                if self.sent_bytes > self.cluster.retry_buffer:
                     self.sent = None
             if self.pending_bytes > BUFFER_LIMIT:
                 self.client.resume_reading_for_buffer()
@@ -489,6 +522,8 @@ class Exchange(RequestView):
             self.pending += chunk(data)
         else:
             self.pending.append(data)
+        if self.copy is not None:
+            self.copy_body(data)
         self.pending_bytes += len(data)
         if self.conn is None and self.pending_bytes > BUFFER_LIMIT:
             self.client.pause_reading_for_buffer()
@@ -509,6 +544,15 @@ class Exchange(RequestView):
             return
         if self.chunked:
             self.pending.append(last_chunk(getattr(self, "trailers", None)))
+        copy = self.copy
+        if copy is not None:
+            self.copy = None
+            if self.chunked:
+                copy.append(self.pending[-1])
+            try:
+                self.route.mirror.send(self, copy)
+            except Exception:
+                log.exception("mirror error on route %s (the request goes on)", self.route.name)
 
     def body_too_large(self) -> None:
         self.close_after = True
@@ -575,7 +619,7 @@ class Exchange(RequestView):
         """A response head the upstream's `retry_on` names: when the request may go again
         (replayable, retries and budget left, a target to go to), drop this response and
         send the request again."""
-        cluster = self.route.cluster
+        cluster = self.cluster
         if self.sent is None or not cluster.may_retry(self.method, self.attempts, now):
             return False
         following = self.next_host(True)
@@ -605,7 +649,7 @@ class Exchange(RequestView):
         if tried is None:
             tried = self.tried = []
         tried.append(self.upstream_host)
-        balancer = self.route.cluster.balancer
+        balancer = self.cluster.balancer
         following = balancer.pick(self, tried)
         if following is None and same_allowed:
             following = balancer.pick(self)
@@ -650,7 +694,7 @@ class Exchange(RequestView):
         self.end_attempt(CONNECT_ERROR, self.client.loop.time())
         log.warning("upstream %s: connect %s (route %s): %s", host.label, why, route.name, detail)
         # Nothing reached the upstream: always retried (within `retries`), on another target.
-        following = self.next_host(False) if self.attempts <= route.cluster.retries else None
+        following = self.next_host(False) if self.attempts <= self.cluster.retries else None
         if following is None:
             self.local_error(*describe_dial_failure(why))
             return
@@ -691,13 +735,13 @@ class Exchange(RequestView):
                 self.sent_bytes = 0
             self.state = CONNECTING
             self.connected_at = 0.0
-            self.upstream_host.dial(self, self.route.cluster.connect_timeout)
+            self.upstream_host.dial(self, self.cluster.connect_timeout)
             return
         log.warning(
             "upstream %s: %s (route %s)", self.upstream_host.label, outcome, self.route.name
         )
         self.end_attempt(outcome, now)
-        cluster = self.route.cluster
+        cluster = self.cluster
         if (
             outcome in cluster.retry_outcomes
             and sent is not None
@@ -741,7 +785,7 @@ class Exchange(RequestView):
     def response_head(self, status: int, fields: list[bytes], framing: int, now: float) -> bool:
         """The upstream's response head (hop-by-hop fields already out): build the client's,
         after the route's response hooks. True when no body follows (a response to HEAD)."""
-        if status >= 500 and status in self.route.cluster.retry_statuses and self.retried(now):
+        if status >= 500 and status in self.cluster.retry_statuses and self.retried(now):
             return False
         self.state = RESPONDING
         self.sent = None
