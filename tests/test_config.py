@@ -331,7 +331,7 @@ def test_yaml_booleans_are_true_and_false_only(tmp_path):
 
 def test_the_readme_upstream_examples_load():
     """The YAML examples of the README's "Load balancing, health and failover" section are
-    valid as written (with a route to the first upstream added)."""
+    valid as written (with a route to the first upstream added where they have none)."""
     import re
 
     import yaml
@@ -341,8 +341,10 @@ def test_the_readme_upstream_examples_load():
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Load balancing") : text.index("## Signals")]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 4
     for block in blocks:
-        upstreams = yaml.load(textwrap.dedent(block), Loader=YamlLoader)["upstreams"]
-        route = {"match": {"paths": ["/*"]}, "upstream": next(iter(upstreams))}
-        validate({"upstreams": upstreams, "routes": [route]})
+        document = yaml.load(textwrap.dedent(block), Loader=YamlLoader)
+        if "routes" not in document:
+            route = {"match": {"paths": ["/*"]}, "upstream": next(iter(document["upstreams"]))}
+            document["routes"] = [route]
+        validate(document)

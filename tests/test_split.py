@@ -315,3 +315,25 @@ def test_the_mirror_never_affects_the_client(servers, tmp_path, shadow_state):
             wait_for(lambda: shadow.stats()["requests"] >= 20, what="20 copies at the shadow")
     finally:
         gw.stop()
+
+
+def test_the_readme_canary_example_routes_as_documented():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from fastgw.config.loader import YamlLoader
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "split:" in b)
+    gw = Gateway(yaml.load(block, Loader=YamlLoader))
+    tester = b"GET /checkout/pay HTTP/1.1\r\nHost: a\r\nX-Canary: always\r\n\r\n"
+    assert {answer(gw, tester)[0] for _ in range(20)} == {"checkout-green"}
+    plain = b"GET /checkout/pay HTTP/1.1\r\nHost: a\r\n\r\n"
+    got = Counter()
+    for _ in range(400):
+        upstream, headers = answer(gw, plain)
+        got[upstream] += 1
+        assert headers["set-cookie"].startswith(f"fgw-split={upstream};")
+    assert set(got) == {"checkout-blue", "checkout-green"} and got["checkout-green"] < 80, got

@@ -385,11 +385,12 @@ class Exchange(RequestView):
         """Every plugin let the request through: pick a host and send the request to it."""
         route = self.route
         cluster = route.cluster
-        if cluster is None:
+        if cluster is None:  # only a split route has none
             cluster = route.split.choose(self)
         self.cluster = cluster
-        if cluster.budget is not None:
-            cluster.budget.requests += 1  # the rate retries are budgeted against
+        budget = cluster.budget
+        if budget is not None:
+            budget.requests += 1  # the rate retries are budgeted against
         host = cluster.balancer.pick(self)
         if host is None:
             self.local_error(503, "no upstream target available")
@@ -397,8 +398,16 @@ class Exchange(RequestView):
         if self.expect and self.body_bytes == 0:
             self.client.transport.write(CONTINUE)
         self.head = self.head_for(host)
-        mirror = route.mirror
-        if mirror is None or not mirror.sampled():
+        if route.mirror is None:
+            self.dispatch(host)
+        else:
+            self.dispatch_mirrored(host)
+
+    def dispatch_mirrored(self, host: Host) -> None:
+        """Dispatch on a route with a mirror: a sampled request is also copied to the shadow,
+        at once without a body, else once the whole body is here."""
+        mirror = self.route.mirror
+        if not mirror.sampled():
             self.dispatch(host)
             return
         body = self.pending[:]  # the body that came so far (the head joins it in dispatch)
@@ -411,7 +420,7 @@ class Exchange(RequestView):
             else:
                 self.copy = body  # sent when the rest has come
         except Exception:
-            log.exception("mirror error on route %s (the request goes on)", route.name)
+            log.exception("mirror error on route %s (the request goes on)", self.route.name)
 
     def copy_body(self, data: bytes) -> None:
         """Keep a body piece for the mirror, up to the shadow upstream's retry_buffer."""
