@@ -407,7 +407,7 @@ class Exchange(RequestView):
         """Dispatch on a route with a mirror: a sampled request is also copied to the shadow,
         at once without a body, else once the whole body is here."""
         mirror = self.route.mirror
-        if not mirror.sampled():
+        if self.upgrade is not None or not mirror.sampled():  # a tunnel is not copied
             self.dispatch(host)
             return
         body = self.pending[:]  # the body that came so far (the head joins it in dispatch)

@@ -110,8 +110,3 @@ class Budgets:
         for budget in self.budgets.values():
             budget.tick(now)
         self.timer = self.loop.call_later(TICK, self.tick) if self.budgets else None
-
-    def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
