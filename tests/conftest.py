@@ -3,6 +3,8 @@ import shutil
 
 import pytest
 
+from fastgw.upstream import host as host_module
+
 from .support import Gateway, RedisServer, Upstream, base_config
 
 
@@ -19,6 +21,39 @@ def own_upstream():
     server = Upstream()
     yield server
     server.stop()
+
+
+def processes(count: int):
+    servers = [Upstream() for _ in range(count)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def two():
+    """Two upstream processes of one test (it may stop, kill or slow them)."""
+    yield from processes(2)
+
+
+@pytest.fixture
+def three():
+    """Three upstream processes of one test."""
+    yield from processes(3)
+
+
+@pytest.fixture
+def ended(monkeypatch):
+    """Every call of the completion point: (host address, outcome, connect, head, total)."""
+    calls = []
+    real = host_module.Host.attempt_ended
+
+    def spy(self, outcome, connect, head, total, now, conn=None, reusable=False):
+        calls.append((self.address, outcome, connect, head, total))
+        real(self, outcome, connect, head, total, now, conn, reusable)
+
+    monkeypatch.setattr(host_module.Host, "attempt_ended", spy)
+    return calls
 
 
 @pytest.fixture(scope="module")

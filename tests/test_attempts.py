@@ -9,25 +9,9 @@ import errno
 
 import pytest
 
-from fastgw.upstream import host as host_module
-
 from .inproc import Gateway, config, parse_response, response
 
 GET = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
-
-
-@pytest.fixture
-def ended(monkeypatch):
-    """Every call of the completion point: (host address, outcome, connect, head, total)."""
-    calls = []
-    real = host_module.Host.attempt_ended
-
-    def spy(self, outcome, connect, head, total, now, conn=None, reusable=False):
-        calls.append((self.address, outcome, connect, head, total))
-        real(self, outcome, connect, head, total, now, conn, reusable)
-
-    monkeypatch.setattr(host_module.Host, "attempt_ended", spy)
-    return calls
 
 
 def serve(gw: Gateway, request: bytes = GET):

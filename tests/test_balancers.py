@@ -128,14 +128,6 @@ def test_bad_balancer_settings_are_errors_with_their_paths():
 # -- end to end: real upstream processes ---------------------------------------------------------
 
 
-@pytest.fixture
-def three():
-    servers = [Upstream() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
-
-
 def balanced(servers: list[Upstream], **upstream) -> dict:
     config = base_config(servers[0].url, workers=1)
     config["upstreams"]["up"] = {"targets": [{"url": s.url} for s in servers], **upstream}

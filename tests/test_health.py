@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from fastgw.config.loader import validate
 from fastgw.upstream.host import Hosts
 
@@ -141,14 +139,6 @@ def test_bad_passive_settings_are_errors_with_their_paths():
         "upstreams.up.health_check.passive.on[2]: expected connect_error, timeout, reset, "
         "invalid or a status 500-599, got 'bogus'",
     ]
-
-
-@pytest.fixture
-def two():
-    servers = [Upstream() for _ in range(2)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def test_a_killed_target_is_ejected_and_returns_after_its_trial(two, tmp_path):

@@ -13,14 +13,6 @@ from .support import Client, Gateway, Upstream, base_config, in_parallel, reques
 RETRY_ALL = [502, 503, 504, "timeout", "reset"]
 
 
-@pytest.fixture
-def three():
-    servers = [Upstream() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
-
-
 def steady_load(port: int, seconds: float, during: callable, clients: int = 4) -> list:
     """`clients` keep-alive clients send GETs for `seconds`; `during()` runs after a third of
     it. The statuses (and error bodies) of every request."""

@@ -10,12 +10,9 @@ from __future__ import annotations
 import errno
 import json
 
-import pytest
-
 from fastgw.config.loader import validate
 from fastgw.counters import WorkerCounters
 from fastgw.upstream import budget as budget_module
-from fastgw.upstream import host as host_module
 from fastgw.upstream.breaker import FIELDS as BREAKER_FIELDS
 from fastgw.upstream.budget import Budget
 from fastgw.upstream.host import Hosts
@@ -26,18 +23,8 @@ from .test_rate_limit import errors_of
 GET = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
 
-@pytest.fixture
-def ended(monkeypatch):
-    """Every call of the completion point: (host address, outcome)."""
-    calls = []
-    real = host_module.Host.attempt_ended
-
-    def spy(self, outcome, connect, head, total, now, conn=None, reusable=False):
-        calls.append((self.address, outcome))
-        real(self, outcome, connect, head, total, now, conn, reusable)
-
-    monkeypatch.setattr(host_module.Host, "attempt_ended", spy)
-    return calls
+def outcomes(ended: list) -> list[tuple[str, str]]:
+    return [(address, outcome) for address, outcome, *_ in ended]
 
 
 def three(**upstream) -> dict:
@@ -58,7 +45,7 @@ def test_a_listed_status_is_retried_on_another_target_and_never_reaches_the_clie
     b.data_received(response(200, b"fine"))
     status, _, body = parse_response(ct.take())
     assert (status, body) == (200, b"fine")
-    assert ended == [("10.0.0.1", "ok"), ("10.0.0.2", "ok")]
+    assert outcomes(ended) == [("10.0.0.1", "ok"), ("10.0.0.2", "ok")]
     assert client.current is None
     gw.loop.run_ready()
     assert gw.host("10.0.0.1").in_flight == gw.host("10.0.0.2").in_flight == 0
@@ -90,7 +77,7 @@ def test_without_retry_on_a_5xx_is_relayed(ended):
     _client.data_received(GET)
     a.data_received(response(503, b"busy"))
     assert parse_response(ct.take())[:3:2] == (503, b"busy")
-    assert ended == [("10.0.0.1", "ok")]
+    assert outcomes(ended) == [("10.0.0.1", "ok")]
 
 
 def test_a_single_target_is_retried_itself(ended):
@@ -104,7 +91,7 @@ def test_a_single_target_is_retried_itself(ended):
     assert ut.take().startswith(b"GET /x ")
     conn.data_received(response(200))
     assert parse_response(ct.take())[0] == 200
-    assert ended == [("10.0.0.1", "ok"), ("10.0.0.1", "ok")]
+    assert outcomes(ended) == [("10.0.0.1", "ok"), ("10.0.0.1", "ok")]
 
 
 POST = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabcdef"
@@ -152,7 +139,7 @@ def test_timeout_and_reset_are_retried_when_listed(ended):
     assert bt.take().startswith(b"GET /x ")
     b.data_received(response(200))
     assert parse_response(ct.take())[0] == 200
-    assert ended == [("10.0.0.1", "timeout"), ("10.0.0.2", "ok")]
+    assert outcomes(ended) == [("10.0.0.1", "timeout"), ("10.0.0.2", "ok")]
 
     ended.clear()
     gw = Gateway(config(retry_on=["reset"]))
@@ -166,7 +153,7 @@ def test_timeout_and_reset_are_retried_when_listed(ended):
     gw.loop.run_ready()
     b.data_received(response(200, b"second"))
     assert parse_response(ct.take())[2] == b"second"
-    assert ended == [("10.0.0.1", "reset"), ("10.0.0.2", "ok")]
+    assert outcomes(ended) == [("10.0.0.1", "reset"), ("10.0.0.2", "ok")]
 
 
 def test_connect_failures_are_retried_within_retries_only(ended):
@@ -181,53 +168,37 @@ def test_connect_failures_are_retried_within_retries_only(ended):
         assert not gw.loop.dials
         status, _, body = parse_response(ct.take())
         assert status == 502 and b"refused" in body
-        assert [o for _, o in ended] == ["connect_error"] * tried
+        assert [o for _, o in outcomes(ended)] == ["connect_error"] * tried
 
 
-def test_the_budget_caps_retries_and_the_original_error_is_returned():
-    gw = Gateway(config(retry_on=[503], retry_budget={"ratio": 0.0, "min_per_second": 1}))
-    answers = []
-    for _ in range(3):
-        a, _ = gw.pooled("10.0.0.1")
-        b, _ = gw.pooled("10.0.0.2")
-        client, ct = gw.client()
-        client.data_received(GET)
-        first = a if client.current.upstream_host.address == "10.0.0.1" else b
-        first.data_received(response(503, b"first"))
-        if client.current is not None:  # retried: the other target answers
-            (b if first is a else a).data_received(response(200, b"retried"))
-        answers.append(parse_response(ct.take())[2])
-    # One retry a second at most: the first is retried, the next two get the original 503.
-    assert answers == [b"retried", b"first", b"first"]
-    gw.loop.advance(3.0)  # a few seconds later the floor allows retries again
+def answered(gw: Gateway, status: int) -> bytes:
+    """One request over pooled connections to both targets: the first answers `status`
+    (body `first`); if the request is retried, the other answers 200 (body `retried`)."""
     a, _ = gw.pooled("10.0.0.1")
     b, _ = gw.pooled("10.0.0.2")
     client, ct = gw.client()
     client.data_received(GET)
     first = a if client.current.upstream_host.address == "10.0.0.1" else b
-    first.data_received(response(503, b"first"))
-    (b if first is a else a).data_received(response(200, b"retried"))
-    assert parse_response(ct.take())[2] == b"retried"
+    first.data_received(response(status, b"first"))
+    if client.current is not None:  # retried: the other target answers
+        (b if first is a else a).data_received(response(200, b"retried"))
+    return parse_response(ct.take())[2]
+
+
+def test_the_budget_caps_retries_and_the_original_error_is_returned():
+    gw = Gateway(config(retry_on=[503], retry_budget={"ratio": 0.0, "min_per_second": 1}))
+    # One retry a second at most: the first is retried, the next two get the original 503.
+    assert [answered(gw, 503) for _ in range(3)] == [b"retried", b"first", b"first"]
+    gw.loop.advance(3.0)  # a few seconds later the floor allows retries again
+    assert answered(gw, 503) == b"retried"
 
 
 def test_the_budget_grows_with_the_requests_served():
     gw = Gateway(config(retry_on=[503], retry_budget={"ratio": 0.5, "min_per_second": 0}))
-
-    def one(status: int) -> bytes:
-        a, _ = gw.pooled("10.0.0.1")
-        b, _ = gw.pooled("10.0.0.2")
-        client, ct = gw.client()
-        client.data_received(GET)
-        first = a if client.current.upstream_host.address == "10.0.0.1" else b
-        first.data_received(response(status, b"first"))
-        if client.current is not None:
-            (b if first is a else a).data_received(response(200, b"retried"))
-        return parse_response(ct.take())[2]
-
-    assert one(503) == b"first"  # no request served yet: 0.5 x 1 < 1 retry
-    assert [one(200) for _ in range(3)] == [b"first"] * 3
+    assert answered(gw, 503) == b"first"  # no request served yet: 0.5 x 1 < 1 retry
+    assert [answered(gw, 200) for _ in range(3)] == [b"first"] * 3
     # The k-th failing request after those 4 may be retried while k <= 0.5 x (4 + k).
-    assert [one(503) for _ in range(5)] == [b"retried"] * 4 + [b"first"]
+    assert [answered(gw, 503) for _ in range(5)] == [b"retried"] * 4 + [b"first"]
 
 
 def test_the_budget_is_counted_across_workers():

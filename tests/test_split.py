@@ -235,14 +235,6 @@ def test_bad_split_and_mirror_settings_are_errors_with_their_paths():
 # -- end to end ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def servers():
-    started = [Upstream() for _ in range(3)]
-    yield started
-    for server in started:
-        server.stop()
-
-
 def e2e_config(servers: list[Upstream], blue: int, **route) -> dict:
     config = base_config(servers[0].url, workers=2)
     config["upstreams"] = {
@@ -260,9 +252,9 @@ def e2e_config(servers: list[Upstream], blue: int, **route) -> dict:
     return config
 
 
-def test_split_shares_stickiness_and_a_reload_that_moves_traffic(servers, tmp_path):
-    blue, green, _ = servers
-    gw = RealGateway(tmp_path, e2e_config(servers, 80)).start()
+def test_split_shares_stickiness_and_a_reload_that_moves_traffic(three, tmp_path):
+    blue, green, _ = three
+    gw = RealGateway(tmp_path, e2e_config(three, 80)).start()
     try:
         ports = Counter()
         for _ in range(300):
@@ -280,7 +272,7 @@ def test_split_shares_stickiness_and_a_reload_that_moves_traffic(servers, tmp_pa
         # All traffic to green by SIGHUP, while a keep-alive connection stays open.
         with Client(gw.port) as client:
             assert client.request("GET", "/echo").status == 200
-            gw.write_config(e2e_config(servers, 0))
+            gw.write_config(e2e_config(three, 0))
             gw.signal(signal.SIGHUP)
             gw.wait_log(r"config version 2 \(\w+\) live", count=2)
 
@@ -294,9 +286,9 @@ def test_split_shares_stickiness_and_a_reload_that_moves_traffic(servers, tmp_pa
 
 
 @pytest.mark.parametrize("shadow_state", ["down", "slow", "failing"])
-def test_the_mirror_never_affects_the_client(servers, tmp_path, shadow_state):
-    blue, _, shadow = servers
-    config = e2e_config(servers, 100, mirror={"upstream": "shadow", "percent": 100})
+def test_the_mirror_never_affects_the_client(three, tmp_path, shadow_state):
+    blue, _, shadow = three
+    config = e2e_config(three, 100, mirror={"upstream": "shadow", "percent": 100})
     config["upstreams"]["shadow"]["timeouts"] = {"read": "5s"}
     if shadow_state == "slow":
         request(shadow.port, "GET", "/set-delay?delay=3")
