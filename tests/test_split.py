@@ -4,16 +4,22 @@ on a fake loop, and end to end with real upstream processes."""
 from __future__ import annotations
 
 import errno
+import re
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
+
+from fastgw.config.loader import YamlLoader
 
 from . import inproc
 from .inproc import Gateway, parse_response, response
 from .support import Client, Upstream, base_config, request, wait_for
 from .support import Gateway as RealGateway
+from .test_config import fastgw
 from .test_rate_limit import errors_of
 
 GET = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
@@ -309,17 +315,14 @@ def test_the_mirror_never_affects_the_client(three, tmp_path, shadow_state):
         gw.stop()
 
 
-def test_the_readme_canary_example_routes_as_documented():
-    import re
-    from pathlib import Path
-
-    import yaml
-
-    from fastgw.config.loader import YamlLoader
-
+def readme_canary() -> str:
+    """The README's canary example (the YAML block with a split)."""
     text = (Path(__file__).parent.parent / "README.md").read_text()
-    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "split:" in b)
-    gw = Gateway(yaml.load(block, Loader=YamlLoader))
+    return next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "split:" in b)
+
+
+def test_the_readme_canary_example_routes_as_documented():
+    gw = Gateway(yaml.load(readme_canary(), Loader=YamlLoader))
     tester = b"GET /checkout/pay HTTP/1.1\r\nHost: a\r\nX-Canary: always\r\n\r\n"
     assert {answer(gw, tester)[0] for _ in range(20)} == {"checkout-green"}
     plain = b"GET /checkout/pay HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -329,3 +332,18 @@ def test_the_readme_canary_example_routes_as_documented():
         got[upstream] += 1
         assert headers["set-cookie"].startswith(f"fgw-split={upstream};")
     assert set(got) == {"checkout-blue", "checkout-green"} and got["checkout-green"] < 80, got
+
+
+def test_fastgw_routes_shows_the_split_and_the_mirror(tmp_path):
+    (tmp_path / "canary.yaml").write_text(readme_canary())
+    result = fastgw("routes", "-c", str(tmp_path / "canary.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2].split() == [
+        "/checkout/*",
+        "*",
+        "*",
+        "checkout",
+        "checkout-blue:90,checkout-green:10",
+        "+mirror:checkout-shadow",
+        "-",
+    ]
