@@ -9,7 +9,7 @@ import errno
 
 import pytest
 
-from .inproc import Gateway, config, parse_response, response
+from .inproc import FakeTransport, Gateway, config, parse_response, response
 
 GET = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
@@ -307,3 +307,19 @@ def test_hosts_survive_a_reload_that_keeps_their_upstream_and_address():
     gw.reload(renamed)
     assert host.retired and host.idle == [] and ut.closing
     assert gw.hosts.find("other", "10.0.0.1", 80) is not host
+
+
+def test_a_connection_closed_as_soon_as_it_opened_is_a_connect_failure(ended):
+    gw = Gateway()
+    _client, ct = serve(gw)
+    dial = gw.dial()
+    protocol = dial.factory()
+    transport = FakeTransport(gw.loop, protocol)
+    protocol.connection_made(transport)
+    transport.close()  # the target died between the connect and the dial's completion
+    dial._finish(("ok", (transport, protocol)))
+    conn, ut = gw.dial().succeed()  # the next target
+    assert ut.take().startswith(b"GET /x ")
+    conn.data_received(response())
+    assert parse_response(ct.take())[0] == 200
+    assert [(a, o) for a, o, *_ in ended] == [("10.0.0.1", "connect_error"), ("10.0.0.2", "ok")]

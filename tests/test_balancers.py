@@ -198,7 +198,7 @@ def test_ewma_moves_traffic_off_a_slow_target_and_back(three, tmp_path):
     slow = three[0]
     try:
         before = ports_of(gw.port, 300)
-        assert all(before[s.port] > 30 for s in three), before  # all used
+        assert all(before[s.port] > 10 for s in three), before  # all used (by how fast each is)
         request(slow.port, "GET", "/set-delay?delay=0.1")
         ports_of(gw.port, 60)  # the slow answers come back and are seen
         during = ports_of(gw.port, 300)

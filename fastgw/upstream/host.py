@@ -253,7 +253,11 @@ class Host:
                 return
             exc = task.exception()
             if exc is None:
-                requester.connected(self, task.result()[1])
+                transport, conn = task.result()
+                if transport.is_closing():  # the peer closed it at once (the target died)
+                    requester.connect_failed(self, DIAL_REFUSED, "closed as soon as it opened")
+                else:
+                    requester.connected(self, conn)
             elif isinstance(exc, ssl.SSLError):
                 requester.connect_failed(self, DIAL_TLS, str(exc))
             elif isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS:
