@@ -10,15 +10,20 @@ import sys
 from typing import Any
 
 from .config.loader import ConfigError, Loaded, build_router, load
+from .logs import JsonFormatter
 from .plugins.config import effective
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+def setup_logging(level: str, form: str = "text") -> None:
+    """The gateway's own log (not the access log): human-readable, or one JSON object a line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if form == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+        )
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def load_or_report(path: str) -> Loaded | None:
@@ -172,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FASTGW_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
     )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("FASTGW_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="the gateway's own log: human-readable (default) or one JSON object per line",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("run", cmd_run, "run the gateway in the foreground (SIGHUP reloads, SIGTERM drains)"),
@@ -192,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     echo.add_argument("--port", type=int, default=9001)
     echo.set_defaults(func=cmd_echo)
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     return args.func(args)
 
 

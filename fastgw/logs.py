@@ -1,4 +1,5 @@
-"""Log lines that could repeat on every request or connection, at most once per interval.
+"""The gateway's own log: lines that could repeat on every request or connection, at most
+once per interval, and the JSON format (`--log-format json`).
 
 A failing dependency or an exhausted resource must cost a bounded number of log lines: the
 first occurrence is logged at once, later ones within the interval are counted, and the next
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import resource
 import time
+
+import orjson
 
 
 class Throttled:
@@ -47,3 +50,21 @@ class Throttled:
 def open_file_limit() -> int:
     """The process's open file limit, named in the lines about running out of descriptors."""
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (RFC 3339, UTC, ms), level, pid, logger, message, and
+    the traceback as `exception` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry = {
+            "time": f"{seconds}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()

@@ -10,10 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .config.loader import build_router
+from .config.schema import AccessLog as AccessLogSettings
 from .config.schema import Config, Limits, ServerTimeouts, Split
 from .config.schema import Mirror as MirrorSettings
 from .http.addresses import Networks
 from .http.headers import REQUEST_KINDS, by_sent_name
+from .observe.access_log import AccessLog
+from .observe.appender import Appender
 from .plugins.base import Build
 from .plugins.chain import EMPTY, Chain, ChainBuilder
 from .plugins.consumers import ConsumerIndex
@@ -59,6 +62,7 @@ class CompiledRoute:
         max_body: int = 0,
         split: Splitter | None = None,
         mirror: Mirror | None = None,
+        observer: AccessLog | None = None,
     ) -> None:
         """`cluster` is None for a route the gateway answers itself, or one that `split`s."""
         self.name = name
@@ -77,7 +81,9 @@ class CompiledRoute:
         self.fields = chain.fields or (split is not None and split.cookie is not None)
         self.body = chain.body
         self.reframe = chain.reframe
-        self.log = chain.log
+        # The access log is the last log hook of every route: it runs once however the
+        # exchange ends (the exchange tells the runtime's observer of those without a route).
+        self.log = (*chain.log, observer.logged) if observer is not None else chain.log
         # Requests set up the plugin state (identity, client address) when a plugin, a
         # cluster's balancer or a sticky split reads it.
         clusters = [cluster] if cluster is not None else split.clusters if split else []
@@ -85,7 +91,7 @@ class CompiledRoute:
             clusters.append(mirror.cluster)
         reads = any(c.reads_request for c in clusters) or (split is not None and split.key)
         self.hooked = bool(
-            chain.access or chain.response or self.fields or chain.body or chain.log or reads
+            chain.access or chain.response or self.fields or chain.body or self.log or reads
         )
 
 
@@ -99,6 +105,7 @@ class Runtime:
         "header_kinds",
         "limits",
         "max_body",
+        "observer",
         "plugins",
         "router",
         "timeouts",
@@ -115,8 +122,10 @@ class Runtime:
         plugins: list[Any] | None = None,
         consumers: ConsumerIndex | None = None,
         encoded_slash: str = "reject",
+        observer: AccessLog | None = None,
     ) -> None:
         self.router = router
+        self.observer = observer  # told of every exchange's end (the access log); None: off
         self.encoded_slash = encoded_slash  # server.paths.encoded_slash
         self.consumers = consumers or ConsumerIndex(())
         self.limits = limits
@@ -157,6 +166,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     services.budgets.retain(budgets)
     services.follow_health(list(clusters.values()))
     chains = ChainBuilder(config.plugins, build)
+    observer = access_log(config.server.access_log, build, services)
     compiled = [
         CompiledRoute(
             route.name or f"routes[{i}]",
@@ -167,6 +177,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
             max_body=config.server.limits.max_body_bytes,
             split=splitter(route.upstream, clusters, build),
             mirror=mirror(route.mirror, clusters),
+            observer=observer,
         )
         for i, route in enumerate(config.routes)
     ]
@@ -182,9 +193,19 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
         chains.plugins(),
         consumers,
         config.server.paths.encoded_slash,
+        observer,
     )
     runtime.max_body = max([runtime.max_body, *(route.max_body for route in compiled)])
     return runtime
+
+
+def access_log(settings: AccessLogSettings | None, build: Build, services: Services) -> Any:
+    """The access log of this load (its file's appender is kept across reloads)."""
+    if settings is None:
+        return None
+    path = settings.path
+    appender = services.keep(("access-log", path), lambda: Appender(services.loop, path))
+    return AccessLog(settings, appender, build.watch("user-agent"))
 
 
 def splitter(upstream: str | Split, clusters: dict[str, Cluster], build: Build) -> Any:

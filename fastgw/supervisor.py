@@ -31,7 +31,7 @@ from .worker import Bound, encode_config, run_worker
 
 log = logging.getLogger("fastgw.supervisor")
 
-HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1}
 # A worker that dies sooner than this after starting counts as crash-looping.
 FAST_CRASH = 1.0
 MAX_BACKOFF = 10.0
@@ -108,6 +108,8 @@ class Supervisor:
                     self.reap()
                 elif info.si_signo == signal.SIGHUP and not self.stopping:
                     self.reload()
+                elif info.si_signo == signal.SIGUSR1:
+                    self.reopen_logs()
                 elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
                     return self.stop()
             else:
@@ -116,6 +118,13 @@ class Supervisor:
             if time.monotonic() >= self.flush_at:
                 self.quota_state.flush()
                 self.flush_at = time.monotonic() + FLUSH_EVERY
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): every worker opens its access log files again."""
+        log.info("SIGUSR1: reopening the access logs")
+        for slot in self.slots:
+            if slot.pid:
+                os.kill(slot.pid, signal.SIGUSR1)
 
     def spawn(self, slot: WorkerSlot) -> None:
         read_fd, write_fd = os.pipe()
@@ -128,6 +137,7 @@ class Supervisor:
                     if other.control >= 0:
                         os.close(other.control)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the worker handles it
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
                 code = run_worker(
                     self.loaded,

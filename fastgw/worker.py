@@ -128,6 +128,7 @@ class Worker:
             acceptor.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.drain)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.services.reopen)
         if self.control_fd is not None:
             os.set_blocking(self.control_fd, False)
             self.loop.add_reader(self.control_fd, self.read_control)
@@ -139,6 +140,7 @@ class Worker:
             self.loaded.digest,
         )
         await self.stopped
+        self.services.close()
 
     def admin_handlers(self) -> dict[str, Any]:
         def healthz(_exchange: Any) -> tuple[int, bytes, bytes]:

@@ -128,8 +128,11 @@ class Gateway:
         self.config = config
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self, wait: bool = True, nofile: int | None = None) -> Gateway:
-        """Run it; `nofile` sets its open file limit (as `ulimit -n`)."""
+    def start(
+        self, wait: bool = True, nofile: int | None = None, options: list[str] | None = None
+    ) -> Gateway:
+        """Run it; `nofile` sets its open file limit (as `ulimit -n`); `options` go before
+        `run` (`--log-format json`)."""
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYTHONPATH=str(ROOT), FASTGW_LOG_LEVEL="debug")
 
@@ -138,7 +141,7 @@ class Gateway:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastgw", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "fastgw", *(options or ()), "run", "-c", str(self.config_path)],
             stderr=self.log_file,
             stdout=self.log_file,
             env=env,

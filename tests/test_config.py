@@ -54,7 +54,7 @@ def test_every_error_is_reported_at_once_with_its_path():
     }
     errors = errors_of(document)
     expected = [
-        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, paths, trusted_proxies, plugin_modules, state_dir)",
+        "server.lisen: unknown key (expected one of: listen, workers, admin, limits, timeouts, paths, trusted_proxies, plugin_modules, state_dir, access_log)",
         'server.workers: expected an integer >= 1 or "auto", got 0',
         "server.limits.max_body_bytes: expected a size such as 16384, 16KiB or 10MiB, got '10MB'",
         "server.timeouts.keepalive: expected a duration such as 250ms, 10s, 5m, 1h, 1d or plain seconds, got '5 minutes'",

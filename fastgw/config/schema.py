@@ -111,6 +111,29 @@ class Paths:
     encoded_slash: str = spec(one_of(REJECT, DECODE, KEEP), REJECT)
 
 
+@dataclass(frozen=True)
+class AccessLog:
+    """One JSON object per line for each request, after its response."""
+
+    path: str = spec(string(pattern=r"\S.*", hint='a file name or "stdout"'))
+    format: str = spec(one_of("json"), "json")
+    sample: float = spec(number(min=0.0, max=1.0), 1.0)  # of requests answered below 400
+    slow_ms: float = spec(number(min=0.0), 0.0)  # slower than this: always logged (0: off)
+    log_query: bool = spec(boolean, False)  # the query string in `path`
+
+
+_access_log = record(AccessLog)
+
+
+def access_log(value: Any, path: str, errors: Errors) -> Any:
+    """`off` (or false, or ~), `stdout`, a file name, or the mapping."""
+    if value is None or value is False or value == "off":
+        return None
+    if isinstance(value, str):
+        return _access_log({"path": value}, path, errors)
+    return _access_log(value, path, errors)
+
+
 def workers(value: Any, path: str, errors: Errors) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
@@ -133,6 +156,7 @@ class Server:
     )
     # Where durable local state (quota counts) is kept between runs.
     state_dir: str = spec(string(pattern=r".+", hint="a directory name"), "./fastgw-state")
+    access_log: AccessLog | None = spec(access_log, None)
 
 
 def target_url(value: Any, path: str, errors: Errors) -> Any:

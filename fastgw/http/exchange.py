@@ -117,6 +117,7 @@ class Exchange(RequestView):
         "body_bytes",
         "body_done",
         "body_mode",
+        "bytes_out",
         "chunked",
         "client",
         "close_after",
@@ -147,6 +148,7 @@ class Exchange(RequestView):
         "pending",
         "pending_bytes",
         "query",
+        "received_at",
         "replayed",
         "request_id",
         "route",
@@ -246,6 +248,11 @@ class Exchange(RequestView):
         self.body_done = True
         self.pending = []
         self.request_id = client.next_request_id()
+        # What the access log reads of any exchange.
+        self.path = b"/"
+        self.query = self.xff = None
+        self.special = []
+        self.status = self.body_bytes = self.bytes_out = self.attempts = 0
 
     def headers_from(self, special: list[tuple[int, bytes, bytes]], parser: Any) -> bool:
         """Read the fields the gateway handles itself besides the first Host (the client
@@ -365,6 +372,9 @@ class Exchange(RequestView):
             self.consumer = self.subject = self.scopes = self.ctx = self.added = None
             self.address = UNSET
             self.logged = False
+            if self.runtime.observer is not None:  # the access log measures this exchange
+                self.received_at = self.client.loop.time()
+                self.bytes_out = 0
         if not self.body_done:
             self.max_body = route.max_body  # server.limits or the route's request-size-limit
             if self.content_length > route.max_body:
@@ -785,9 +795,14 @@ class Exchange(RequestView):
 
     def client_gone(self) -> None:
         self.drop_upstream()
+        if self.state < RESPONDING:
+            self.status = 0  # not answered: the access log says 499
         self.state = DONE
-        if self.route is not None and self.route.log:
-            self.run_log()
+        if self.route is not None:
+            if self.route.log:
+                self.run_log()
+        elif self.runtime.observer is not None:
+            self.runtime.observer.finished(self, self.client.loop.time())
 
     # -- the response seam ---------------------------------------------------------------
 
@@ -835,6 +850,8 @@ class Exchange(RequestView):
             data = self.run_body_hooks(data, False)
             if not data:
                 return
+        if self.runtime.observer is not None:
+            self.bytes_out += len(data)
         if self.body_mode == BODY_RAW:
             self.out.append(data)
         elif self.body_mode == BODY_CHUNKED:
@@ -985,6 +1002,8 @@ class Exchange(RequestView):
         """What the body hooks still hold at the end of the body."""
         data = self.run_body_hooks(b"", True)
         if data:
+            if self.runtime.observer is not None:
+                self.bytes_out += len(data)
             if self.body_mode == BODY_RAW:
                 self.out.append(data)
             else:
@@ -1018,8 +1037,8 @@ class Exchange(RequestView):
         client = self.client
         route = self.route
         request_id = self.request_id
-        if route is not None:
-            self.status = status
+        self.status = status
+        self.bytes_out = 0 if self.is_head else len(body)
         if route is not None and (route.response or route.fields):
             # The route's response hooks see the gateway's own replies too (e.g. CORS on a 401).
             head = [b"X-Request-ID", b": ", request_id, b"\r\n"]

@@ -110,6 +110,21 @@ class Services:
             found = self.kept[key] = factory()
         return found
 
+    def reopen(self) -> None:
+        """SIGUSR1: what writes to files (access logs) opens them again."""
+        for kept in self.kept.values():
+            if hasattr(kept, "reopen"):
+                kept.reopen()
+
+    def close(self) -> None:
+        """The worker stops: close everything kept, and let files be written to the end."""
+        for kept in self.kept.values():
+            kept.close()
+        for kept in self.kept.values():
+            if hasattr(kept, "wait_closed"):
+                kept.wait_closed(2.0)
+        self.kept = {}
+
     def retain(self) -> None:
         """After a load: close what the new config did not ask for (objects with `close`)."""
         for key in list(self.kept):

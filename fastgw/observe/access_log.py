@@ -1,0 +1,100 @@
+"""The access log: one JSON object per request, built after its response, off the hot path.
+
+Keys with no value are left out. `client` is the address `ip-restriction` sees (the peer, or
+behind trusted proxies the forwarded one); `path` has no query string unless `log_query`;
+`bytes_in` and `bytes_out` count body bytes (Envoy's BYTES_RECEIVED and BYTES_SENT);
+`duration_ms` runs from the request's turn on its connection (its head parsed, the requests
+before it answered) to the end of the response (0 for requests answered before routing: a
+404, a 400), `upstream_ms` over the last attempt. Sampling keeps `sample` of the requests answered below 400; every request
+answered 400 or above (errors, 429s) and every one slower than `slow_ms` is logged.
+"""
+
+from __future__ import annotations
+
+import time
+from random import random
+from typing import Any
+
+import orjson
+
+from ..http.addresses import real_client
+from .appender import Appender
+
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the answer
+
+
+class AccessLog:
+    __slots__ = ("appender", "log_query", "sample", "second", "slow", "stamp", "user_agent")
+
+    def __init__(self, settings: Any, appender: Appender, user_agent: int) -> None:
+        """`user_agent`: the header kind under which requests carry User-Agent."""
+        self.appender = appender
+        self.sample = settings.sample
+        self.slow = settings.slow_ms / 1000.0 if settings.slow_ms else float("inf")
+        self.log_query = settings.log_query
+        self.user_agent = user_agent
+        self.second = -1  # the wall-clock second `stamp` was formatted for
+        self.stamp = ""
+
+    def finished(self, ex: Any, now: float) -> None:
+        """The exchange ended (answered, or its client went away): log it, maybe."""
+        status = ex.status or CLIENT_CLOSED
+        # Routed exchanges are timed from their turn; the others were answered at once.
+        duration = now - ex.received_at if ex.route is not None else 0.0
+        if status < 400 and duration < self.slow and self.sample < 1.0 and random() >= self.sample:
+            return
+        self.appender.add(self.line(ex, status, duration, now))
+
+    def logged(self, ex: Any) -> None:
+        """The log hook of every route."""
+        self.finished(ex, ex.client.loop.time())
+
+    def line(self, ex: Any, status: int, duration: float, now: float) -> bytes:
+        path = ex.path
+        if self.log_query and ex.query is not None:
+            path = path + b"?" + ex.query
+        entry: dict[str, Any] = {
+            "time": self.now(),
+            "request_id": ex.request_id.decode("latin-1"),
+            "client": client_of(ex),
+            "method": ex.method.decode("latin-1"),
+            "path": path.decode("latin-1"),
+            "status": status,
+        }
+        route = ex.route
+        if route is not None:
+            entry["route"] = route.name
+        host = ex.upstream_host
+        if host is not None:
+            entry["upstream"] = host.upstream
+            entry["target"] = host.label
+        consumer = getattr(ex, "consumer", None)  # set on routes with plugins only
+        if consumer is not None:
+            entry["consumer"] = consumer.name
+        entry["bytes_in"] = ex.body_bytes
+        entry["bytes_out"] = ex.bytes_out
+        entry["duration_ms"] = round(duration * 1000.0, 3)
+        if host is not None:
+            entry["upstream_ms"] = round((now - ex.started_at) * 1000.0, 3)
+            entry["attempts"] = ex.attempts
+        if status == 429 and host is None:
+            entry["rate_limited"] = True
+        agent = ex.header(self.user_agent)
+        if agent is not None:
+            entry["user_agent"] = agent.decode("latin-1")
+        return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+
+    def now(self) -> str:
+        """RFC 3339 UTC with milliseconds; the seconds part formatted once a second."""
+        wall = time.time()
+        second = int(wall)
+        if second != self.second:
+            self.second = second
+            self.stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.stamp}.{int((wall - second) * 1000):03d}Z"
+
+
+def client_of(ex: Any) -> str | None:
+    client = ex.client
+    address = real_client(client.address(), ex.xff, ex.runtime.trusted)
+    return str(address) if address is not None else None
