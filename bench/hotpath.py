@@ -146,7 +146,11 @@ TARGETS = [{"url": f"http://127.0.0.1:{port}"} for port in (9001, 9002, 9003)]
 
 
 def setup(
-    routes: int, plugin: str | None = None, connections: int = 1, balancer: str | None = None
+    routes: int,
+    plugin: str | None = None,
+    connections: int = 1,
+    balancer: str | None = None,
+    observe: bool = False,
 ) -> list[ClientProtocol]:
     """Client connections of one worker, each with an idle upstream connection in the pool
     (of each target, with --balancer)."""
@@ -173,6 +177,9 @@ def setup(
             {"name": "bench", "key_auth": {"keys": [API_KEY]}, "jwt": {"subject": "bench"}}
         ]
         config["plugins"] = plugin_settings(plugin)
+    if observe:  # metrics (on with an admin listener) and the access log
+        log = os.path.join(tempfile.gettempdir(), f"fastgw-hotpath-{os.getpid()}.log")
+        config["server"] = {"admin": "127.0.0.1:9900", "access_log": log}
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(Loaded(validate(config), "hotpath", "-"), 1, 0, None)
@@ -195,10 +202,15 @@ def setup(
 
 
 def run(
-    count: int, routes: int, plugin: str | None = None, rounds: int = 5, balancer: str | None = None
+    count: int,
+    routes: int,
+    plugin: str | None = None,
+    rounds: int = 5,
+    balancer: str | None = None,
+    observe: bool = False,
 ) -> float:
     """Microseconds per request, best of `rounds` rounds."""
-    (client,) = setup(routes, plugin, balancer=balancer)
+    (client,) = setup(routes, plugin, balancer=balancer, observe=observe)
     upstream = client.worker.hosts.find("up", "127.0.0.1", 9001).idle[0]
     client_data = client.data_received
     upstream_data = upstream.data_received
@@ -251,7 +263,9 @@ def paced(count: int, gap: float, burst: int) -> tuple[float, float]:
 INSTRUCTION_COUNTS = (1000, 3000)
 
 
-def instructions(routes: int, plugin: str | None, balancer: str | None = None) -> float:
+def instructions(
+    routes: int, plugin: str | None, balancer: str | None = None, observe: bool = False
+) -> float:
     """Instructions per request: callgrind counts two runs of this module with different request
     counts; the difference over the extra requests is independent of the machine's load."""
     if shutil.which("valgrind") is None:
@@ -276,6 +290,8 @@ def instructions(routes: int, plugin: str | None, balancer: str | None = None) -
         ]
         if plugin is not None:
             command += ["--plugin", plugin]
+        if observe:
+            command.append("--observe")
         if balancer is not None:
             command += ["--balancer", balancer]
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -310,6 +326,11 @@ def main() -> None:
         help="three targets behind this balancer (the response comes from the chosen one)",
     )
     parser.add_argument(
+        "--observe",
+        action="store_true",
+        help="metrics and an access log (to a file in the temp directory) on",
+    )
+    parser.add_argument(
         "--gap",
         type=float,
         default=0.0,
@@ -330,17 +351,25 @@ def main() -> None:
         )
         return
     if args.instructions:
-        count = instructions(args.routes, args.plugin, args.balancer)
+        count = instructions(args.routes, args.plugin, args.balancer, args.observe)
         print(f"{count:,.0f} instructions per proxied request ({describe(args)})")
         return
-    micros = run(args.count, args.routes, args.plugin, args.rounds, args.balancer)
+    micros = run(args.count, args.routes, args.plugin, args.rounds, args.balancer, args.observe)
     print(f"{micros:.2f} us of Python per proxied request ({describe(args)})")
 
 
 def describe(args: argparse.Namespace) -> str:
     return ", ".join(
         [f"{args.routes} routes"]
-        + [part for part in (args.plugin, args.balancer and f"balancer {args.balancer}") if part]
+        + [
+            part
+            for part in (
+                args.plugin,
+                args.balancer and f"balancer {args.balancer}",
+                args.observe and "metrics and access log",
+            )
+            if part
+        ]
     )
 
 

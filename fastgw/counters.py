@@ -55,12 +55,13 @@ class WorkerCounters:
         first = slot + field * self.workers
         return sum(self.view[first : first + self.workers])
 
-    def forget_worker(self, worker: int) -> None:
-        """A worker died: its counts go to zero (the master, before the next one starts)."""
+    def forget_worker(self, worker: int, fields: range | tuple[int, ...] | None = None) -> None:
+        """A worker died: its counts (of `fields`, default all) go to zero (the master, before
+        the next one starts). Cumulative counters are left: they never go back."""
         view = self.view
         for base in range(0, len(view), self.width):
             if view[base]:
-                for field in range(self.fields):
+                for field in range(self.fields) if fields is None else fields:
                     view[base + 1 + field * self.workers + worker] = 0
 
 

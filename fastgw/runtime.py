@@ -17,7 +17,8 @@ from .http.addresses import Networks
 from .http.headers import REQUEST_KINDS, by_sent_name
 from .observe.access_log import AccessLog
 from .observe.appender import Appender
-from .plugins.base import Build
+from .observe.observers import Observers
+from .plugins.base import Build, Phase
 from .plugins.chain import EMPTY, Chain, ChainBuilder
 from .plugins.consumers import ConsumerIndex
 from .plugins.keys import key_reader
@@ -62,8 +63,9 @@ class CompiledRoute:
         max_body: int = 0,
         split: Splitter | None = None,
         mirror: Mirror | None = None,
-        observer: AccessLog | None = None,
+        observers: tuple[Callable[[Any], None], ...] = (),
     ) -> None:
+        """`observers`: log hooks after the plugins' (the access log, the metrics)."""
         """`cluster` is None for a route the gateway answers itself, or one that `split`s."""
         self.name = name
         # The largest request body: the route's request-size-limit, else server.limits'.
@@ -81,9 +83,7 @@ class CompiledRoute:
         self.fields = chain.fields or (split is not None and split.cookie is not None)
         self.body = chain.body
         self.reframe = chain.reframe
-        # The access log is the last log hook of every route: it runs once however the
-        # exchange ends (the exchange tells the runtime's observer of those without a route).
-        self.log = (*chain.log, observer.logged) if observer is not None else chain.log
+        self.log = chain.log + observers
         # Requests set up the plugin state (identity, client address) when a plugin, a
         # cluster's balancer or a sticky split reads it.
         clusters = [cluster] if cluster is not None else split.clusters if split else []
@@ -122,10 +122,10 @@ class Runtime:
         plugins: list[Any] | None = None,
         consumers: ConsumerIndex | None = None,
         encoded_slash: str = "reject",
-        observer: AccessLog | None = None,
+        observer: Observers | None = None,
     ) -> None:
         self.router = router
-        self.observer = observer  # told of every exchange's end (the access log); None: off
+        self.observer = observer  # the access log and metrics (observers.py); None: neither
         self.encoded_slash = encoded_slash  # server.paths.encoded_slash
         self.consumers = consumers or ConsumerIndex(())
         self.limits = limits
@@ -153,34 +153,50 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     used = set()
     now = services.loop.time()
     budgets = set()
+    metrics = services.metrics if config.server.admin is not None else None
     for name, upstream in config.upstreams.items():
         members = [hosts.host(name, target.url, upstream) for target in upstream.targets]
         used.update(members)
+        for host in members:
+            host.count_with(metrics.target(name, host.label) if metrics is not None else None)
         key = key_reader((upstream.hash_on,), build, None) if upstream.hash_on else None
         budget = None
         if upstream.retry_budget is not None:
             budget = services.budgets.budget(name, upstream.retry_budget)
             budgets.add(budget)
-        clusters[name] = Cluster(name, members, upstream, key, now, budget)
+        clusters[name] = cluster = Cluster(name, members, upstream, key, now, budget)
+        cluster.metrics = metrics.upstream(name) if metrics is not None else None
     hosts.retain(used)
     services.budgets.retain(budgets)
     services.follow_health(list(clusters.values()))
     chains = ChainBuilder(config.plugins, build)
-    observer = access_log(config.server.access_log, build, services)
-    compiled = [
-        CompiledRoute(
-            route.name or f"routes[{i}]",
-            clusters[route.upstream] if isinstance(route.upstream, str) else None,
-            route.strip_prefix,
-            route.preserve_host,
-            chain=chains.chain_for(route.plugins),
-            max_body=config.server.limits.max_body_bytes,
-            split=splitter(route.upstream, clusters, build),
-            mirror=mirror(route.mirror, clusters),
-            observer=observer,
+    access = access_log(config.server.access_log, build, services)
+    compiled = []
+    routes_measured = []
+    for i, route in enumerate(config.routes):
+        name = route.name or f"routes[{i}]"
+        chain = chains.chain_for(route.plugins)
+        observers: tuple[Callable[[Any], None], ...] = (access.logged,) if access else ()
+        if metrics is not None:
+            measured = metrics.route(name, refusing_plugins(chain))
+            routes_measured.append(measured)
+            observers += (measured.logged,)
+        compiled.append(
+            CompiledRoute(
+                name,
+                clusters[route.upstream] if isinstance(route.upstream, str) else None,
+                route.strip_prefix,
+                route.preserve_host,
+                chain=chain,
+                max_body=config.server.limits.max_body_bytes,
+                split=splitter(route.upstream, clusters, build),
+                mirror=mirror(route.mirror, clusters),
+                observers=observers,
+            )
         )
-        for i, route in enumerate(config.routes)
-    ]
+    if metrics is not None:
+        metrics.live(routes_measured, list(clusters.values()))
+    observer = Observers(access, metrics) if access is not None or metrics is not None else None
     services.retain()
     router, _ = build_router(config.routes, compiled)
     header_kinds = by_sent_name({**watched, **REQUEST_KINDS}) if watched else BASE_HEADER_KINDS
@@ -206,6 +222,16 @@ def access_log(settings: AccessLogSettings | None, build: Build, services: Servi
     path = settings.path
     appender = services.keep(("access-log", path), lambda: Appender(services.loop, path))
     return AccessLog(settings, appender, build.watch("user-agent"))
+
+
+def refusing_plugins(chain: Chain) -> list[str]:
+    """The route's plugins whose 401 and 403 count as auth failures (fastgw_auth_failures)."""
+    names = []
+    for hook in chain.access:
+        plugin = getattr(hook, "__self__", None)
+        if plugin is not None and plugin.phase in (Phase.AUTHENTICATION, Phase.AUTHORIZATION):
+            names.append(plugin.name)
+    return names
 
 
 def splitter(upstream: str | Split, clusters: dict[str, Cluster], build: Build) -> Any:

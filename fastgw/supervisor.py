@@ -21,6 +21,7 @@ from .concurrency import ConcurrencyTable
 from .config.loader import ConfigError, Loaded, load
 from .counters import WorkerCounters
 from .listeners import ListenError, bind_all
+from .observe.metrics import MetricsTables
 from .plugins.services import SharedState
 from .quotas import QuotaState, QuotaTable
 from .shared import SharedTable
@@ -80,6 +81,7 @@ class Supervisor:
             HealthTable(),
             WorkerCounters(BUDGET_FIELDS, len(self.slots)),
             WorkerCounters(BREAKER_FIELDS, len(self.slots)),
+            MetricsTables.make(len(self.slots)),
         )
         self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
         self.quota_state.load(time.time())
@@ -176,6 +178,7 @@ class Supervisor:
         slot.pid = 0
         self.shared.concurrency.forget_worker(slot.index)  # what it held is free again
         self.shared.breakers.forget_worker(slot.index)
+        self.shared.metrics.forget_worker(slot.index)
         if self.stopping:
             return
         lived = time.monotonic() - slot.started
@@ -201,6 +204,7 @@ class Supervisor:
         try:
             loaded = load(self.path)
         except ConfigError as exc:
+            self.shared.metrics.reloaded(False)
             log.error(
                 "reload failed; still serving config version %d (%s):\n%s",
                 self.version,
@@ -225,6 +229,7 @@ class Supervisor:
             )
         self.loaded = loaded
         self.version += 1
+        self.shared.metrics.reloaded(True)
         frame = encode_config(loaded, self.version)
         for slot in self.slots:
             if slot.control >= 0:

@@ -95,6 +95,10 @@ class Worker:
         breakers = self.shared.breakers if self.shared is not None else None
         self.hosts = Hosts(self.loop, breakers, self.index)
         self.services = Services(self.loop, self.shared, self.index)
+        metrics = self.services.metrics
+        metrics.connections = self.connections
+        metrics.appenders = self.services.appenders
+        metrics.version = (self.version, self.loaded.digest)
         self.stopped = self.loop.create_future()
         config = self.loaded.config
         runtime = compile_runtime(config, self.hosts, self.services)
@@ -153,7 +157,11 @@ class Worker:
             }
             return (503 if self.draining else 200), b"application/json", orjson.dumps(body)
 
-        return {"/healthz": healthz, "/readyz": readyz}
+        def metrics(_exchange: Any) -> tuple[int, bytes, bytes]:
+            body, content_type = self.services.metrics.scrape()
+            return 200, content_type, body
+
+        return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
     def read_control(self) -> None:
         """Frames from the supervisor: a new validated config to switch to."""
@@ -195,6 +203,7 @@ class Worker:
             site.runtime = runtime
         self.loaded = loaded
         self.version = version
+        self.services.metrics.version = (version, loaded.digest)
         settle_heap()
         log.info(
             "worker %d (pid %d) config version %d (%s) live",

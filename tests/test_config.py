@@ -339,7 +339,8 @@ def test_the_readme_upstream_examples_load():
     from fastgw.config.loader import YamlLoader
 
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Load balancing") : text.index("## Signals")]
+    start = text.index("## Load balancing")
+    section = text[start : text.index("\n## ", start)]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
     assert len(blocks) == 4
     for block in blocks:

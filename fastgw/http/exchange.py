@@ -149,6 +149,7 @@ class Exchange(RequestView):
         "pending_bytes",
         "query",
         "received_at",
+        "refused_by",
         "replayed",
         "request_id",
         "route",
@@ -685,6 +686,9 @@ class Exchange(RequestView):
         self.client.resume_reading_for_peer()  # the old connection's back-pressure is gone
         if host is not self.upstream_host and (not self.route.preserve_host or self.host is None):
             self.head = self.head_for(host)
+        counter = self.cluster.metrics
+        if counter is not None:
+            counter.view[counter.base] += 1  # fastgw_upstream_retries_total
         self.dispatch(host)
 
     def connected(self, host: Host, conn: UpstreamProtocol) -> None:
@@ -931,7 +935,7 @@ class Exchange(RequestView):
                 if outcome is None:
                     continue
                 if outcome.__class__ is Reply:
-                    self.answer(outcome)
+                    self.answer(outcome, hooks[index - 1])
                 else:
                     # Only a plugin that waits returns an awaitable: a Future it resolves from a
                     # callback costs nothing more; a coroutine costs the one Task it needs.
@@ -959,12 +963,15 @@ class Exchange(RequestView):
             return
         outcome = task.result()
         if outcome is not None:
-            self.answer(outcome)
+            self.answer(outcome, self.route.access[position - 1])
         elif not self.run_access(position):
             self.proceed()
 
-    def answer(self, outcome: Reply) -> None:
+    def answer(self, outcome: Reply, hook: Any) -> None:
         """A plugin's reply; the precise reason goes to the log, never to the client."""
+        if outcome.status in (401, 403):
+            plugin = getattr(hook, "__self__", None)  # for fastgw_auth_failures_total
+            self.refused_by = plugin.name if plugin is not None else None
         if outcome.reason:
             log.info(
                 "%d on route %s for request %s: %s",

@@ -96,5 +96,7 @@ class AccessLog:
 
 def client_of(ex: Any) -> str | None:
     client = ex.client
+    if ex.xff is None or not ex.runtime.trusted:
+        return client.peer.decode("latin-1") or None  # PERF: the peer, as text already
     address = real_client(client.address(), ex.xff, ex.runtime.trusted)
     return str(address) if address is not None else None

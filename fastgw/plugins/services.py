@@ -15,6 +15,7 @@ from typing import Any
 from ..concurrency import ConcurrencyTable
 from ..config.traffic import RedisSettings
 from ..counters import WorkerCounters
+from ..observe.metrics import Metrics, MetricsTables
 from ..quotas import QuotaTable
 from ..redis_store import RedisStore
 from ..shared import SharedTable
@@ -38,6 +39,7 @@ class SharedState:
     health: HealthTable
     budgets: WorkerCounters
     breakers: WorkerCounters
+    metrics: MetricsTables
 
 
 class Services:
@@ -57,6 +59,8 @@ class Services:
         self.verdicts = Verdicts(loop, self.health)
         counts = shared.budgets if shared is not None else WorkerCounters(BUDGET_FIELDS, 1)
         self.budgets = Budgets(loop, counts, worker_index)
+        tables = shared.metrics if shared is not None else MetricsTables.make(1, routes=4096)
+        self.metrics = Metrics(tables, worker_index, loop)
         self.worker_index = worker_index  # this worker's column in the concurrency table
         # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
         # (the loop's own time is coarse and per process). Tests may swap it.
@@ -110,11 +114,14 @@ class Services:
             found = self.kept[key] = factory()
         return found
 
+    def appenders(self) -> list[Any]:
+        """The access log files kept now (for the metrics of dropped lines)."""
+        return [kept for kept in self.kept.values() if hasattr(kept, "reopen")]
+
     def reopen(self) -> None:
         """SIGUSR1: what writes to files (access logs) opens them again."""
-        for kept in self.kept.values():
-            if hasattr(kept, "reopen"):
-                kept.reopen()
+        for appender in self.appenders():
+            appender.reopen()
 
     def close(self) -> None:
         """The worker stops: close everything kept, and let files be written to the end."""

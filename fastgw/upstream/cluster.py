@@ -29,6 +29,7 @@ class Cluster:
         "connect_timeout",
         "hosts",
         "key",
+        "metrics",
         "name",
         "read_timeout",
         "reads_request",
@@ -68,6 +69,7 @@ class Cluster:
         self.retry_any_method = upstream.retry_non_idempotent
         self.retry_buffer = upstream.retry_buffer
         self.budget = budget
+        self.metrics: Any = None  # its retry counter (observe/metrics.py), when metrics are on
         for host in hosts:
             host.cluster = self
         self.balancer: Any = None
@@ -86,6 +88,9 @@ class Cluster:
         ]
         hosts = [host for host, _ in live]
         weights = [weight for _, weight in live]
+        for host in self.hosts:
+            if host.metrics is not None:
+                host.metrics.set_healthy(host in hosts)
         kind = self.upstream.balancer
         if kind == "least_conn":
             balancer: Any = LeastConn(hosts, weights)

@@ -16,7 +16,7 @@ import errno
 import logging
 import math
 import ssl
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..counters import WorkerCounters
 from ..tls import client_context
@@ -76,6 +76,7 @@ class Host:
         "label",
         "loop",
         "max_idle",
+        "metrics",
         "port",
         "retired",
         "tls",
@@ -107,6 +108,7 @@ class Host:
         self.connections = 0  # open connections, idle or in use
         self.dialing = 0  # connections being opened
         self.breaker: Breaker | None = None  # its upstream's circuit_breaker, if any
+        self.metrics: Any = None  # its counters (observe/metrics.py), when metrics are on
         self.retired = False  # no live config names it: connections close when released
         # Peak-EWMA of the time to the response head (seconds; -1: none yet) and when it was
         # last updated; kept only when its upstream balances by it (ewma_decay > 0).
@@ -133,7 +135,17 @@ class Host:
         self.breaker = breaker
         if breaker is not None:
             breaker.publish(self)
-        self.watched = bool(self.ewma_decay) or self.health is not None or breaker is not None
+        self.count_with(self.metrics)
+
+    def count_with(self, metrics: Any) -> None:
+        """Its counters of this load (None: metrics are off)."""
+        self.metrics = metrics
+        self.watched = (
+            bool(self.ewma_decay)
+            or self.health is not None
+            or self.breaker is not None
+            or metrics is not None
+        )
         while len(self.idle) > self.max_idle:
             self.idle.pop(0).transport.close()
 
@@ -157,11 +169,13 @@ class Host:
         if self.watched:
             if self.breaker is not None:
                 self.breaker.publish(self)
+            status = conn.parser.get_status_code() if conn is not None else 0
+            if self.metrics is not None:
+                self.metrics.attempt(outcome, status, total)
             if outcome != CLIENT_ABORT:  # a client going away says nothing about the target
                 if self.ewma_decay:
                     self.observe(head if outcome == OK else total, outcome == OK, now)
                 if self.health is not None:
-                    status = conn.parser.get_status_code() if conn is not None else 0
                     self.health.judge(self, outcome, status, now)
         if conn is not None:
             if reusable:
