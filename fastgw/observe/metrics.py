@@ -176,7 +176,8 @@ class RouteMetrics:
             view[base + R_LIMITED * width] += 1
         refused_by = getattr(ex, "refused_by", None)
         if refused_by is not None and refused_by in self.auth:
-            view[self.auth[refused_by].base] += 1
+            cells = self.auth[refused_by]
+            cells.view[cells.base] += 1
 
 
 class TargetMetrics:
