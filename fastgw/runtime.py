@@ -17,7 +17,7 @@ from .http.addresses import Networks
 from .http.headers import REQUEST_KINDS, by_sent_name
 from .observe.access_log import AccessLog
 from .observe.appender import Appender
-from .observe.observers import Observers
+from .observe.observers import Observers, route_observer
 from .plugins.base import Build, Phase
 from .plugins.chain import EMPTY, Chain, ChainBuilder
 from .plugins.consumers import ConsumerIndex
@@ -176,11 +176,11 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     for i, route in enumerate(config.routes):
         name = route.name or f"routes[{i}]"
         chain = chains.chain_for(route.plugins)
-        observers: tuple[Callable[[Any], None], ...] = (access.logged,) if access else ()
+        measured = None
         if metrics is not None:
             measured = metrics.route(name, refusing_plugins(chain))
             routes_measured.append(measured)
-            observers += (measured.logged,)
+        hook = route_observer(access, measured)
         compiled.append(
             CompiledRoute(
                 name,
@@ -191,7 +191,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
                 max_body=config.server.limits.max_body_bytes,
                 split=splitter(route.upstream, clusters, build),
                 mirror=mirror(route.mirror, clusters),
-                observers=observers,
+                observers=(hook,) if hook is not None else (),
             )
         )
     if metrics is not None:

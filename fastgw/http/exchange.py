@@ -373,9 +373,10 @@ class Exchange(RequestView):
             self.consumer = self.subject = self.scopes = self.ctx = self.added = None
             self.address = UNSET
             self.logged = False
-            if self.runtime.observer is not None:  # the access log measures this exchange
+            if self.runtime.observer is not None:  # the access log and metrics measure it
                 self.received_at = self.client.loop.time()
                 self.bytes_out = 0
+                self.refused_by = None
         if not self.body_done:
             self.max_body = route.max_body  # server.limits or the route's request-size-limit
             if self.content_length > route.max_body:

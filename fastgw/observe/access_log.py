@@ -34,7 +34,7 @@ class AccessLog:
         self.log_query = settings.log_query
         self.user_agent = user_agent
         self.second = -1  # the wall-clock second `stamp` was formatted for
-        self.stamp = ""
+        self.stamp = ""  # that second, RFC 3339 without the fraction
 
     def finished(self, ex: Any, now: float) -> None:
         """The exchange ended (answered, or its client went away): log it, maybe."""
@@ -53,50 +53,63 @@ class AccessLog:
         path = ex.path
         if self.log_query and ex.query is not None:
             path = path + b"?" + ex.query
-        entry: dict[str, Any] = {
-            "time": self.now(),
-            "request_id": ex.request_id.decode("latin-1"),
-            "client": client_of(ex),
-            "method": ex.method.decode("latin-1"),
-            "path": path.decode("latin-1"),
-            "status": status,
-        }
-        route = ex.route
-        if route is not None:
-            entry["route"] = route.name
-        host = ex.upstream_host
-        if host is not None:
-            entry["upstream"] = host.upstream
-            entry["target"] = host.label
-        consumer = getattr(ex, "consumer", None)  # set on routes with plugins only
-        if consumer is not None:
-            entry["consumer"] = consumer.name
-        entry["bytes_in"] = ex.body_bytes
-        entry["bytes_out"] = ex.bytes_out
-        entry["duration_ms"] = round(duration * 1000.0, 3)
-        if host is not None:
-            entry["upstream_ms"] = round((now - ex.started_at) * 1000.0, 3)
-            entry["attempts"] = ex.attempts
-        if status == 429 and host is None:
-            entry["rate_limited"] = True
-        agent = ex.header(self.user_agent)
-        if agent is not None:
-            entry["user_agent"] = agent.decode("latin-1")
-        return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
-
-    def now(self) -> str:
-        """RFC 3339 UTC with milliseconds; the seconds part formatted once a second."""
         wall = time.time()
         second = int(wall)
         if second != self.second:
             self.second = second
             self.stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.stamp}.{int((wall - second) * 1000):03d}Z"
+        client = ex.client
+        if ex.xff is None or not ex.runtime.trusted:
+            address = client.peer.decode("latin-1")  # PERF: the peer, as text already
+        else:
+            found = real_client(client.address(), ex.xff, ex.runtime.trusted)
+            address = str(found) if found is not None else None
+        time_ = self.stamp + MILLISECONDS[int((wall - second) * 1000)]
+        route = ex.route
+        host = ex.upstream_host
+        if host is not None and route is not None:
+            # PERF: the common case as one dict display (no key inserted one by one).
+            entry: dict[str, Any] = {
+                "time": time_,
+                "request_id": ex.request_id.decode("latin-1"),
+                "client": address,
+                "method": ex.method.decode("latin-1"),
+                "path": path.decode("latin-1"),
+                "status": status,
+                "route": route.name,
+                "upstream": host.upstream,
+                "target": host.label,
+                "bytes_in": ex.body_bytes,
+                "bytes_out": ex.bytes_out,
+                # PERF: milliseconds to the microsecond by integer division, not round().
+                "duration_ms": int(duration * 1e6) / 1000,
+                "upstream_ms": int((now - ex.started_at) * 1e6) / 1000,
+                "attempts": ex.attempts,
+            }
+        else:
+            entry = {
+                "time": time_,
+                "request_id": ex.request_id.decode("latin-1"),
+                "client": address,
+                "method": ex.method.decode("latin-1"),
+                "path": path.decode("latin-1"),
+                "status": status,
+            }
+            if route is not None:
+                entry["route"] = route.name
+            entry["bytes_in"] = ex.body_bytes
+            entry["bytes_out"] = ex.bytes_out
+            entry["duration_ms"] = int(duration * 1e6) / 1000
+            if status == 429:
+                entry["rate_limited"] = True
+        consumer = getattr(ex, "consumer", None)  # set on routed exchanges only
+        if consumer is not None:
+            entry["consumer"] = consumer.name
+        agent = ex.header(self.user_agent)
+        if agent is not None:
+            entry["user_agent"] = agent.decode("latin-1")
+        return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def client_of(ex: Any) -> str | None:
-    client = ex.client
-    if ex.xff is None or not ex.runtime.trusted:
-        return client.peer.decode("latin-1") or None  # PERF: the peer, as text already
-    address = real_client(client.address(), ex.xff, ex.runtime.trusted)
-    return str(address) if address is not None else None
+# ".000Z" to ".999Z": the milliseconds of `time` without formatting a number per line.
+MILLISECONDS = [f".{ms:03d}Z" for ms in range(1000)]

@@ -163,18 +163,19 @@ class RouteMetrics:
         width = self.width
         status = ex.status or 499
         view[base + (METHOD_FIELD.get(ex.method, OTHER_METHOD) + STATUS_FIELD[status]) * width] += 1
-        if ex.route is not None:
-            # PERF: the histogram inline (as `observe` does it), no call per request.
-            seconds = now - ex.received_at
-            first = self.duration
-            view[first + bisect_left(BUCKETS, seconds) * width] += 1
-            view[first + SUM_FIELD * width] += int(seconds * US)
-            view[first + COUNT_FIELD * width] += 1
-            view[base + R_BYTES_IN * width] += ex.body_bytes
         view[base + R_BYTES_OUT * width] += ex.bytes_out
+        if ex.route is None:
+            return  # not routed: counted under route "none" only
+        # PERF: the histogram inline (as `observe` does it), no call per request.
+        seconds = now - ex.received_at
+        first = self.duration
+        view[first + bisect_left(BUCKETS, seconds) * width] += 1
+        view[first + SUM_FIELD * width] += int(seconds * US)
+        view[first + COUNT_FIELD * width] += 1
+        view[base + R_BYTES_IN * width] += ex.body_bytes
         if status == 429 and ex.upstream_host is None:
             view[base + R_LIMITED * width] += 1
-        refused_by = getattr(ex, "refused_by", None)
+        refused_by = ex.refused_by  # set on every routed exchange while observing
         if refused_by is not None and refused_by in self.auth:
             cells = self.auth[refused_by]
             cells.view[cells.base] += 1
