@@ -14,10 +14,11 @@ from .config.schema import AccessLog as AccessLogSettings
 from .config.schema import Config, Limits, ServerTimeouts, Split
 from .config.schema import Mirror as MirrorSettings
 from .http.addresses import Networks
-from .http.headers import REQUEST_KINDS, by_sent_name
+from .http.headers import K_TRACEPARENT, REQUEST_KINDS, by_sent_name
 from .observe.access_log import AccessLog
 from .observe.appender import Appender
 from .observe.observers import Observers, route_observer
+from .observe.tracing import Tracing
 from .plugins.base import Build, Phase
 from .plugins.chain import EMPTY, Chain, ChainBuilder
 from .plugins.consumers import ConsumerIndex
@@ -64,6 +65,7 @@ class CompiledRoute:
         split: Splitter | None = None,
         mirror: Mirror | None = None,
         observers: tuple[Callable[[Any], None], ...] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         """`observers`: log hooks after the plugins' (the access log, the metrics)."""
         """`cluster` is None for a route the gateway answers itself, or one that `split`s."""
@@ -80,7 +82,11 @@ class CompiledRoute:
         self.access = chain.access
         self.response = chain.response
         # A split with a sticky cookie may add Set-Cookie, as a plugin adds fields.
-        self.fields = chain.fields or (split is not None and split.cookie is not None)
+        self.fields = (
+            chain.fields
+            or (split is not None and split.cookie is not None)
+            or (tracing is not None and tracing.response_header)
+        )
         self.body = chain.body
         self.reframe = chain.reframe
         self.log = chain.log + observers
@@ -90,6 +96,7 @@ class CompiledRoute:
         if mirror is not None:
             clusters.append(mirror.cluster)
         reads = any(c.reads_request for c in clusters) or (split is not None and split.key)
+        reads = reads or tracing is not None  # its trace is set up with the plugin state
         self.hooked = bool(
             chain.access or chain.response or self.fields or chain.body or self.log or reads
         )
@@ -109,6 +116,7 @@ class Runtime:
         "plugins",
         "router",
         "timeouts",
+        "tracing",
         "trusted",
     )
 
@@ -123,8 +131,10 @@ class Runtime:
         consumers: ConsumerIndex | None = None,
         encoded_slash: str = "reject",
         observer: Observers | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.router = router
+        self.tracing = tracing  # trace context propagation (observe/tracing.py); None: off
         self.observer = observer  # the access log and metrics (observers.py); None: neither
         self.encoded_slash = encoded_slash  # server.paths.encoded_slash
         self.consumers = consumers or ConsumerIndex(())
@@ -171,6 +181,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     services.follow_health(list(clusters.values()))
     chains = ChainBuilder(config.plugins, build)
     access = access_log(config.server.access_log, build, services)
+    tracing = Tracing(config.tracing) if config.tracing is not None else None
     compiled = []
     routes_measured = []
     for i, route in enumerate(config.routes):
@@ -192,6 +203,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
                 split=splitter(route.upstream, clusters, build),
                 mirror=mirror(route.mirror, clusters),
                 observers=(hook,) if hook is not None else (),
+                tracing=tracing,
             )
         )
     if metrics is not None:
@@ -199,7 +211,10 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     observer = Observers(access, metrics) if access is not None or metrics is not None else None
     services.retain()
     router, _ = build_router(config.routes, compiled)
-    header_kinds = by_sent_name({**watched, **REQUEST_KINDS}) if watched else BASE_HEADER_KINDS
+    kinds = {**watched, **REQUEST_KINDS}
+    if tracing is not None:
+        kinds[b"traceparent"] = K_TRACEPARENT
+    header_kinds = by_sent_name(kinds) if len(kinds) > len(REQUEST_KINDS) else BASE_HEADER_KINDS
     runtime = Runtime(
         router,
         config.server.limits,
@@ -210,6 +225,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
         consumers,
         config.server.paths.encoded_slash,
         observer,
+        tracing,
     )
     runtime.max_body = max([runtime.max_body, *(route.max_body for route in compiled)])
     return runtime

@@ -24,13 +24,23 @@ from .schema import (
     check_upstream,
     parse_route,
     parse_server,
+    parse_tracing,
     parse_upstream,
 )
 from .traffic import RedisSettings, TrafficContext, parse_plans
 
 parse_redis = optional(record(RedisSettings))
 
-TOP_LEVEL_KEYS = ("server", "upstreams", "routes", "plugins", "consumers", "redis", "plans")
+TOP_LEVEL_KEYS = (
+    "server",
+    "upstreams",
+    "routes",
+    "plugins",
+    "consumers",
+    "redis",
+    "plans",
+    "tracing",
+)
 
 
 class ConfigError(Exception):
@@ -118,6 +128,7 @@ def validate(document: Any, source: str = "config") -> Config:
     consumers = parse_consumers(document.get("consumers"), errors, plans)
     global_plugins = parse_plugins(document.get("plugins"), "plugins", errors)
     routes = _parse_routes(document.get("routes"), errors)
+    tracing = parse_tracing(document.get("tracing"), "tracing", errors)
     _check_references(document.get("upstreams"), routes, errors)
     _check_ties(routes, errors)
     _check_hash_on_consumer(upstreams, routes, global_plugins, errors)
@@ -134,6 +145,7 @@ def validate(document: Any, source: str = "config") -> Config:
         consumers=consumers,
         redis=redis,
         plans=plans,
+        tracing=tracing,
     )
 
 

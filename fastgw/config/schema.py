@@ -472,6 +472,14 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Tracing:
+    """W3C trace context propagation (observe/tracing.py)."""
+
+    response_header: bool = spec(boolean, False)  # the traceparent in responses too
+    sample_ratio: float = spec(number(min=0.0, max=1.0), 1.0)  # the flag of started traces
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server = spec(record(Server), factory=Server)
     upstreams: dict[str, Upstream] = spec(
@@ -487,8 +495,10 @@ class Config:
     consumers: tuple[Consumer, ...] = ()
     redis: RedisSettings | None = None
     plans: dict[str, Plan] = field(default_factory=dict)
+    tracing: Tracing | None = None
 
 
 parse_server = record(Server)
 parse_upstream = record(Upstream)
 parse_route = record(Route)
+parse_tracing = optional(record(Tracing))

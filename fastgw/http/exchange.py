@@ -43,6 +43,7 @@ from .headers import (
     K_HOST,
     K_REQUEST_ID,
     K_TE,
+    K_TRACEPARENT,
     K_UPGRADE,
     K_XFF,
     REQUEST_ID_MAX,
@@ -162,6 +163,7 @@ class Exchange(RequestView):
         "state",
         "status",
         "subject",
+        "trace_id",
         "trailers",
         "tried",
         "upgrade",
@@ -198,7 +200,7 @@ class Exchange(RequestView):
         self.body_bytes = 0
         self.status = 0
         self.host = host
-        self.xff = self.request_id = self.upgrade = None
+        self.xff = self.request_id = self.upgrade = self.trace_id = None
         self.content_length = -1
         self.chunked = self.expect = False
         # PERF: most requests have no field but Host for the gateway to look at.
@@ -251,7 +253,7 @@ class Exchange(RequestView):
         self.request_id = client.next_request_id()
         # What the access log reads of any exchange.
         self.path = b"/"
-        self.query = self.xff = None
+        self.query = self.xff = self.trace_id = None
         self.special = []
         self.status = self.body_bytes = self.bytes_out = self.attempts = 0
 
@@ -287,6 +289,8 @@ class Exchange(RequestView):
                     self.upgrade = value
             elif kind == K_EXPECT:
                 self.expect = value.lower() == b"100-continue"
+            elif kind == K_TRACEPARENT:  # only while tracing: replaced by the gateway's
+                self.trace_id = value
             # K_DROP: hop-by-hop or replaced by the gateway
         if named:
             self.fwd = drop_named(self.fwd, named)
@@ -373,10 +377,13 @@ class Exchange(RequestView):
             self.consumer = self.subject = self.scopes = self.ctx = self.added = None
             self.address = UNSET
             self.logged = False
-            if self.runtime.observer is not None:  # the access log and metrics measure it
+            runtime = self.runtime
+            if runtime.observer is not None:  # the access log and metrics measure it
                 self.received_at = self.client.loop.time()
                 self.bytes_out = 0
                 self.refused_by = None
+            if runtime.tracing is not None:
+                runtime.tracing.start(self, self.trace_id)
         if not self.body_done:
             self.max_body = route.max_body  # server.limits or the route's request-size-limit
             if self.content_length > route.max_body:

@@ -12,6 +12,8 @@ from typing import Any
 K_HOST, K_CONTENT_LENGTH, K_XFF, K_REQUEST_ID, K_CONNECTION, K_DROP, K_EXPECT, K_TE, K_UPGRADE = (
     range(9)
 )
+# Read by the gateway and replaced, only when tracing is on (observe/tracing.py).
+K_TRACEPARENT = 9
 REQUEST_KINDS: dict[bytes, int] = {
     b"host": K_HOST,
     b"content-length": K_CONTENT_LENGTH,

@@ -102,6 +102,8 @@ class AccessLog:
             entry["duration_ms"] = int(duration * 1e6) / 1000
             if status == 429:
                 entry["rate_limited"] = True
+        if ex.trace_id is not None and route is not None:
+            entry["trace_id"] = ex.trace_id.decode("latin-1")
         consumer = getattr(ex, "consumer", None)  # set on routed exchanges only
         if consumer is not None:
             entry["consumer"] = consumer.name
