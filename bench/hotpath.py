@@ -177,9 +177,10 @@ def setup(
             {"name": "bench", "key_auth": {"keys": [API_KEY]}, "jwt": {"subject": "bench"}}
         ]
         config["plugins"] = plugin_settings(plugin)
-    if observe:  # metrics (on with an admin listener) and the access log
+    if observe:  # metrics (on with an admin listener), the access log, trace propagation
         log = os.path.join(tempfile.gettempdir(), f"fastgw-hotpath-{os.getpid()}.log")
         config["server"] = {"admin": "127.0.0.1:9900", "access_log": log}
+        config["tracing"] = {}
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = Worker(Loaded(validate(config), "hotpath", "-"), 1, 0, None)
@@ -328,7 +329,7 @@ def main() -> None:
     parser.add_argument(
         "--observe",
         action="store_true",
-        help="metrics and an access log (to a file in the temp directory) on",
+        help="metrics, an access log (to a file in the temp directory) and tracing on",
     )
     parser.add_argument(
         "--gap",
@@ -366,7 +367,7 @@ def describe(args: argparse.Namespace) -> str:
             for part in (
                 args.plugin,
                 args.balancer and f"balancer {args.balancer}",
-                args.observe and "metrics and access log",
+                args.observe and "metrics, access log, tracing",
             )
             if part
         ]
