@@ -215,15 +215,16 @@ class Supervisor:
         old = self.loaded.config.server
         new = loaded.config.server
         addresses = [(lst.address, lst.scheme) for lst in old.listen]
-        fixed = ("workers", "admin", "state_dir")
+        fixed = ("workers", "state_dir")
         sizes = ("max_limit_keys", "max_quota_keys", "max_concurrency_keys")
         if (
             addresses != [(lst.address, lst.scheme) for lst in new.listen]
             or any(getattr(old, name) != getattr(new, name) for name in fixed)
+            or (old.admin and old.admin.address) != (new.admin and new.admin.address)
             or any(getattr(old.limits, name) != getattr(new.limits, name) for name in sizes)
         ):
             log.warning(
-                "changes to server.listen, server.workers, server.admin, server.state_dir "
+                "changes to server.listen, server.workers, server.admin's address, server.state_dir "
                 "and server.limits.max_limit_keys, max_quota_keys and max_concurrency_keys take "
                 "effect after a restart"
             )
@@ -281,7 +282,7 @@ def serve(path: str) -> int:
     server = loaded.config.server
     addresses = [listener.address for listener in server.listen]
     if server.admin is not None:
-        addresses.append(server.admin)
+        addresses.append(server.admin.address)
     try:
         sockets = bind_all(addresses)
     except ListenError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import os
 import pickle
@@ -23,8 +24,9 @@ from .acceptor import Acceptor
 from .config.loader import Loaded
 from .config.schema import Listener
 from .http.client import ClientProtocol
+from .http.replies import error_body
 from .plugins.services import Services, SharedState
-from .runtime import compile_runtime, local_runtime
+from .runtime import LocalHandler, compile_runtime, local_runtime
 from .site import Site
 from .tls import ServerTls, TlsListener
 from .upstream.host import Hosts
@@ -161,7 +163,30 @@ class Worker:
             body, content_type = self.services.metrics.scrape()
             return 200, content_type, body
 
-        return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+        return {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": self.guarded(metrics),
+        }
+
+    def guarded(self, handler: LocalHandler) -> LocalHandler:
+        """With `server.admin.token`: the handler answers only `Authorization: Bearer TOKEN`
+        (the token of the live config: a reload may change it)."""
+
+        def check(exchange: Any) -> tuple:
+            admin = self.loaded.config.server.admin
+            token = admin.token if admin is not None else None
+            if token is not None and not bearer_matches(exchange.fwd, token):
+                body = error_body(401, "admin token required", exchange.request_id)
+                return (
+                    401,
+                    b"application/json",
+                    body,
+                    b'WWW-Authenticate: Bearer realm="fastgw"\r\n',
+                )
+            return handler(exchange)
+
+        return check
 
     def read_control(self) -> None:
         """Frames from the supervisor: a new validated config to switch to."""
@@ -275,3 +300,13 @@ def run_worker(
     uvloop.run(worker.main())
     log.info("worker %d (pid %d) stopped", index, os.getpid())
     return 0
+
+
+def bearer_matches(fields: list[bytes], token: str) -> bool:
+    """Whether the request's Authorization field (among its forwarded fields: name, ": ",
+    value, CRLF) is `Bearer TOKEN`, compared in constant time."""
+    expected = b"Bearer " + token.encode()
+    for i in range(0, len(fields) - 2, 4):
+        if fields[i].lower() == b"authorization":
+            return hmac.compare_digest(fields[i + 2].strip(), expected)
+    return False

@@ -121,7 +121,9 @@ class Gateway:
         first = listen[0] if isinstance(listen, list) else listen
         first = first["address"] if isinstance(first, dict) else first
         self.port = int(first.rsplit(":", 1)[1])
-        self.admin_port = int(config["server"]["admin"].rsplit(":", 1)[1])
+        admin = config["server"]["admin"]
+        admin = admin["address"] if isinstance(admin, dict) else admin
+        self.admin_port = int(admin.rsplit(":", 1)[1])
         self.proc: subprocess.Popen | None = None
 
     def write_config(self, config: dict) -> None:

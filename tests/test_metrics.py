@@ -196,3 +196,38 @@ def test_upstream_outcomes_health_and_retries(tmp_path):
     finally:
         good.stop()
         dead.stop()
+
+
+def test_the_admin_token_guards_metrics_but_not_health(upstream, tmp_path):
+    config = base_config(upstream.url)
+    admin = config["server"]["admin"]
+    config["server"]["admin"] = {"address": admin, "token": "s3cret-token-0123456789"}
+    gw = Gateway(tmp_path, config).start()
+    try:
+        refused = request(gw.admin_port, "GET", "/metrics")
+        assert refused.status == 401 and refused.json()["error"] == "admin token required"
+        assert refused.header("www-authenticate") == 'Bearer realm="fastgw"'
+        wrong = [("Authorization", "Bearer s3cret-token-0123456780")]
+        assert request(gw.admin_port, "GET", "/metrics", headers=wrong).status == 401
+        right = [("Authorization", "Bearer s3cret-token-0123456789")]
+        assert request(gw.admin_port, "GET", "/metrics", headers=right).status == 200
+        assert request(gw.admin_port, "GET", "/healthz").status == 200
+        assert request(gw.admin_port, "GET", "/readyz").status == 200
+        # A reload changes the token without a restart.
+        config["server"]["admin"]["token"] = "another-token-0123456789"
+        gw.write_config(config)
+        gw.signal(signal.SIGHUP)
+        gw.wait_log(r"config version 2 \(\w+\) live")
+        assert request(gw.admin_port, "GET", "/metrics", headers=right).status == 401
+        again = [("Authorization", "Bearer another-token-0123456789")]
+        assert request(gw.admin_port, "GET", "/metrics", headers=again).status == 200
+        assert "take effect after a restart" not in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_a_short_admin_token_is_an_error_with_its_path():
+    from .test_rate_limit import errors_of
+
+    errors = errors_of({}, server={"admin": {"address": "127.0.0.1:9901", "token": "short"}})
+    assert errors[0].startswith("server.admin.token: expected a token of 16 or more")

@@ -134,6 +134,36 @@ def access_log(value: Any, path: str, errors: Errors) -> Any:
     return _access_log(value, path, errors)
 
 
+@dataclass(frozen=True)
+class Admin:
+    """The admin listener: health, readiness, metrics."""
+
+    address: tuple[str, int] = spec(address)
+    # When set, everything but /healthz and /readyz needs `Authorization: Bearer TOKEN`.
+    token: str | None = spec(
+        string(
+            pattern=r"[\x21-\x7e]{16,}",
+            hint="a token of 16 or more printable characters, no spaces",
+        ),
+        None,
+    )
+
+
+_admin = record(Admin)
+
+
+def admin(value: Any, path: str, errors: Errors) -> Any:
+    """An address, or `{address, token}`."""
+    if isinstance(value, str):
+        parsed = address(value, path, errors)
+        return INVALID if parsed is INVALID else Admin(address=parsed)
+    if not isinstance(value, dict):
+        return errors.add(
+            path, f"expected an address 'host:port' or {{address, token}}, got {describe(value)}"
+        )
+    return _admin(value, path, errors)
+
+
 def workers(value: Any, path: str, errors: Errors) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         return value
@@ -146,7 +176,7 @@ class Server:
         list_of(listener, min_len=1, allow_single=True), (Listener(("127.0.0.1", 8080)),)
     )
     workers: int | str = spec(workers, 1)
-    admin: tuple[str, int] | None = spec(address, None)
+    admin: Admin | None = spec(admin, None)
     limits: Limits = spec(record(Limits), factory=Limits)
     timeouts: ServerTimeouts = spec(record(ServerTimeouts), factory=ServerTimeouts)
     paths: Paths = spec(record(Paths), factory=Paths)

@@ -366,8 +366,8 @@ class Exchange(RequestView):
             return
         route = found.route
         if route.local is not None:
-            status, content_type, body = route.local(self)
-            self.local_reply(status, body, content_type)
+            answer = route.local(self)  # (status, content type, body[, extra header lines])
+            self.local_reply(answer[0], answer[2], answer[1], *answer[3:])
             return
         self.route = route
         self.depth = found.prefix_depth if route.strip_prefix else -1
