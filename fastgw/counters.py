@@ -47,6 +47,20 @@ class WorkerCounters:
             self.guard.unlock()
         return -1
 
+    def find(self, name: int) -> int:
+        """The index of the name's first counter, or -1 when it has no slot (none claimed)."""
+        view = self.view
+        width = self.width
+        slots = len(view) // width
+        start = name % slots
+        for step in range(slots):
+            base = ((start + step) % slots) * width
+            if view[base] == name:
+                return base + 1
+            if view[base] == 0:
+                return -1
+        return -1
+
     def cell(self, slot: int, field: int, worker: int) -> int:
         """The index of one worker's counter of one field."""
         return slot + field * self.workers + worker

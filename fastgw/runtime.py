@@ -164,6 +164,9 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     now = services.loop.time()
     budgets = set()
     metrics = services.metrics if config.server.admin is not None else None
+    if metrics is not None:
+        names = [consumer.name for consumer in config.consumers]
+        metrics.configure(config.metrics.consumer_label, names)
     for name, upstream in config.upstreams.items():
         members = [hosts.host(name, target.url, upstream) for target in upstream.targets]
         used.update(members)

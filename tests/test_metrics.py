@@ -231,3 +231,36 @@ def test_a_short_admin_token_is_an_error_with_its_path():
 
     errors = errors_of({}, server={"admin": {"address": "127.0.0.1:9901", "token": "short"}})
     assert errors[0].startswith("server.admin.token: expected a token of 16 or more")
+
+
+def test_consumer_label(upstream, tmp_path):
+    config = base_config(upstream.url)
+    config["routes"][0]["plugins"] = {"key-auth": {}}
+    config["consumers"] = [
+        {"name": "acme", "key_auth": {"keys": ["k-acme"]}},
+        {"name": "globex", "key_auth": {"keys": ["k-globex"]}},
+    ]
+    config["metrics"] = {"consumer_label": True}
+    gw = Gateway(tmp_path, config).start()
+    try:
+        for key, count in (("k-acme", 3), ("k-globex", 1)):
+            for _ in range(count):
+                assert request(gw.port, "GET", "/echo", headers=[("apikey", key)]).status == 200
+        assert request(gw.port, "GET", "/echo").status == 401
+        samples = scrape(gw)
+        ok = {"route": "all", "method": "GET", "status": "2xx"}
+        assert value(samples, "fastgw_requests_total", consumer="acme", **ok) == 3
+        assert value(samples, "fastgw_requests_total", consumer="globex", **ok) == 1
+        assert (
+            value(
+                samples,
+                "fastgw_requests_total",
+                route="all",
+                method="GET",
+                status="4xx",
+                consumer="",
+            )
+            == 1
+        )
+    finally:
+        gw.stop()

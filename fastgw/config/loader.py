@@ -22,6 +22,7 @@ from .schema import (
     Route,
     Server,
     check_upstream,
+    parse_metrics,
     parse_route,
     parse_server,
     parse_tracing,
@@ -40,6 +41,7 @@ TOP_LEVEL_KEYS = (
     "redis",
     "plans",
     "tracing",
+    "metrics",
 )
 
 
@@ -129,6 +131,7 @@ def validate(document: Any, source: str = "config") -> Config:
     global_plugins = parse_plugins(document.get("plugins"), "plugins", errors)
     routes = _parse_routes(document.get("routes"), errors)
     tracing = parse_tracing(document.get("tracing"), "tracing", errors)
+    metrics = parse_metrics(document.get("metrics"), "metrics", errors)
     _check_references(document.get("upstreams"), routes, errors)
     _check_ties(routes, errors)
     _check_hash_on_consumer(upstreams, routes, global_plugins, errors)
@@ -146,6 +149,7 @@ def validate(document: Any, source: str = "config") -> Config:
         redis=redis,
         plans=plans,
         tracing=tracing,
+        metrics=metrics,
     )
 
 

@@ -510,6 +510,13 @@ class Tracing:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """`metrics:` (counted when the admin listener is set)."""
+
+    consumer_label: bool = spec(boolean, False)  # `consumer` on fastgw_requests_total
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server = spec(record(Server), factory=Server)
     upstreams: dict[str, Upstream] = spec(
@@ -526,9 +533,11 @@ class Config:
     redis: RedisSettings | None = None
     plans: dict[str, Plan] = field(default_factory=dict)
     tracing: Tracing | None = None
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 parse_server = record(Server)
 parse_upstream = record(Upstream)
 parse_route = record(Route)
 parse_tracing = optional(record(Tracing))
+parse_metrics = record(MetricsSettings)

@@ -78,6 +78,7 @@ class MetricsTables:
     """The gateway's metric tables, made by the master before it forks."""
 
     routes: WorkerCounters
+    consumers: WorkerCounters  # requests by route and consumer (metrics.consumer_label)
     targets: WorkerCounters
     upstreams: WorkerCounters
     auth: WorkerCounters
@@ -89,6 +90,7 @@ class MetricsTables:
         columns = workers + 1  # the master's column is the last
         return cls(
             WorkerCounters(ROUTE_FIELDS, columns, slots=routes),
+            WorkerCounters(R_DURATION, columns, slots=routes),
             WorkerCounters(TARGET_FIELDS, columns),
             WorkerCounters(1, columns),
             WorkerCounters(1, columns),
@@ -144,10 +146,31 @@ def observe(view: Any, first: int, width: int, seconds: float) -> None:
 class RouteMetrics:
     """A route's counters in this worker; `logged` is the route's last log hook."""
 
-    __slots__ = ("auth", "cells", "duration", "name", "view", "width")
+    __slots__ = (
+        "auth",
+        "by_consumer",
+        "cells",
+        "duration",
+        "name",
+        "tables",
+        "view",
+        "width",
+        "worker",
+    )
 
-    def __init__(self, tables: MetricsTables, name: str, worker: int, auth: dict[str, Cells]):
+    def __init__(
+        self,
+        tables: MetricsTables,
+        name: str,
+        worker: int,
+        auth: dict[str, Cells],
+        by_consumer: bool = False,
+    ) -> None:
         self.name = name
+        self.tables = tables
+        self.worker = worker
+        # With metrics.consumer_label: requests also by consumer ("" without one).
+        self.by_consumer: dict[str, Cells] | None = {} if by_consumer else None
         self.cells = Cells(tables.routes, tag("route", name), worker)
         self.view = self.cells.view
         self.width = self.cells.width
@@ -162,8 +185,11 @@ class RouteMetrics:
         base = self.cells.base
         width = self.width
         status = ex.status or 499
-        view[base + (METHOD_FIELD.get(ex.method, OTHER_METHOD) + STATUS_FIELD[status]) * width] += 1
+        field = METHOD_FIELD.get(ex.method, OTHER_METHOD) + STATUS_FIELD[status]
+        view[base + field * width] += 1
         view[base + R_BYTES_OUT * width] += ex.bytes_out
+        if self.by_consumer is not None:
+            self.count_consumer(ex, field)
         if ex.route is None:
             return  # not routed: counted under route "none" only
         # PERF: the histogram inline (as `observe` does it), no call per request.
@@ -179,6 +205,16 @@ class RouteMetrics:
         if refused_by is not None and refused_by in self.auth:
             cells = self.auth[refused_by]
             cells.view[cells.base] += 1
+
+    def count_consumer(self, ex: Any, field: int) -> None:
+        consumer = getattr(ex, "consumer", None) if ex.route is not None else None
+        name = consumer.name if consumer is not None else ""
+        cells = self.by_consumer.get(name)
+        if cells is None:
+            cells = self.by_consumer[name] = Cells(
+                self.tables.consumers, tag("consumer", self.name, name), self.worker
+            )
+        cells.view[cells.base + field * cells.width] += 1
 
 
 class TargetMetrics:
@@ -214,6 +250,8 @@ class Metrics:
         self.dropped_before = tables.gateway.view[self.gateway.field(G_DROPPED)]
         self.routes: list[RouteMetrics] = []
         self.clusters: list[Any] = []
+        self.consumer_label = False
+        self.consumer_names: list[str] = []
         self.unrouted = self.route("none", {})
         self.version = (0, "")
         self.connections: Any = None  # the worker's set of client connections
@@ -227,13 +265,20 @@ class Metrics:
             plugin: Cells(self.tables.auth, tag("auth", name, plugin), self.worker)
             for plugin in auth_plugins
         }
-        return RouteMetrics(self.tables, name, self.worker, auth)
+        return RouteMetrics(self.tables, name, self.worker, auth, self.consumer_label)
 
     def target(self, upstream: str, label: str) -> TargetMetrics:
         return TargetMetrics(self.tables, upstream, label, self.worker)
 
     def upstream(self, name: str) -> Cells:
         return Cells(self.tables.upstreams, tag("upstream", name), self.worker)
+
+    def configure(self, consumer_label: bool, consumers: list[str]) -> None:
+        """At each load, before its routes: whether requests are counted by consumer."""
+        if consumer_label != self.consumer_label:
+            self.consumer_label = consumer_label
+            self.unrouted = self.route("none", {})
+        self.consumer_names = consumers
 
     def live(self, routes: list[RouteMetrics], clusters: list[Any]) -> None:
         """A config load's routes and clusters are the ones a scrape reports."""
@@ -269,9 +314,8 @@ class Metrics:
         return families + self.process_families()
 
     def route_families(self) -> list[Metric]:
-        requests = CounterMetricFamily(
-            "fastgw_requests", "Requests answered", labels=["route", "method", "status"]
-        )
+        labels = ["route", "method", "status"] + (["consumer"] if self.consumer_label else [])
+        requests = CounterMetricFamily("fastgw_requests", "Requests answered", labels=labels)
         duration = HistogramMetricFamily(
             "fastgw_request_duration_seconds",
             "From the request's turn to the end of its response",
@@ -291,12 +335,15 @@ class Metrics:
         )
         for route in [*self.routes, self.unrouted]:
             cells = route.cells
-            counts = cells.totals(R_REQUESTS, R_DURATION)
-            for m, method in enumerate(METHODS):
-                for s, status in enumerate(STATUSES):
-                    value = counts[m * len(STATUSES) + s]
-                    if value:
-                        requests.add_metric([route.name, method, status], value)
+            if self.consumer_label:
+                for consumer in [*self.consumer_names, ""]:
+                    table = self.tables.consumers
+                    slot = table.find(tag("consumer", route.name, consumer))
+                    if slot >= 0:
+                        counts = [table.total(slot, f) for f in range(R_DURATION)]
+                        request_samples(requests, [route.name], counts, [consumer])
+            else:
+                request_samples(requests, [route.name], cells.totals(R_REQUESTS, R_DURATION))
             if route is self.unrouted:
                 continue
             histogram(duration, [route.name], cells.totals(R_DURATION, HISTOGRAM))
@@ -384,6 +431,18 @@ class Metrics:
                 for sample in family.samples:
                     into.add_sample(sample.name, {**sample.labels, "worker": str(w)}, sample.value)
         return list(merged.values())
+
+
+def request_samples(
+    family: CounterMetricFamily, first: list[str], counts: list[int], last: list[str] = ()
+) -> None:
+    """The non-zero request counts, labelled by method and status between `first` and
+    `last`."""
+    for m, method in enumerate(METHODS):
+        for s, status in enumerate(STATUSES):
+            value = counts[m * len(STATUSES) + s]
+            if value:
+                family.add_metric([*first, method, status, *last], value)
 
 
 def histogram(family: HistogramMetricFamily, labels: list[str], fields: list[int]) -> None:
