@@ -185,7 +185,7 @@ def test_listen_forms_and_workers_auto():
 def test_top_level_and_syntax_errors(tmp_path):
     assert errors_of({"route": [], **GOOD}) == [
         "route: unknown key (expected one of: server, upstreams, routes, plugins, consumers, redis, "
-        "plans, tracing)"
+        "plans, tracing, metrics)"
     ]
     assert errors_of([1]) == ["expected a mapping at the top level, got [1]"]
     bad_yaml = tmp_path / "bad.yaml"
