@@ -57,26 +57,9 @@ def test_sums_over_workers_whichever_answers_and_never_backwards(upstream, tmp_p
                 == 1
             )
         assert value(samples, "fastgw_request_duration_seconds_count", route="all") == 122
-        assert (
-            value(
-                samples,
-                "fastgw_upstream_requests_total",
-                upstream="up",
-                target=upstream.url[7:],
-                outcome="ok",
-            )
-            == 121
-        )
-        assert (
-            value(
-                samples,
-                "fastgw_upstream_requests_total",
-                upstream="up",
-                target=upstream.url[7:],
-                outcome="5xx",
-            )
-            == 1
-        )
+        target = {"upstream": "up", "target": upstream.url[7:]}
+        assert value(samples, "fastgw_upstream_requests_total", outcome="ok", **target) == 121
+        assert value(samples, "fastgw_upstream_requests_total", outcome="5xx", **target) == 1
         assert (
             value(samples, "fastgw_upstream_target_healthy", upstream="up", target=upstream.url[7:])
             == 1
