@@ -247,3 +247,49 @@ def test_consumer_label(upstream, tmp_path):
         )
     finally:
         gw.stop()
+
+
+def test_the_shipped_dashboard_and_alerts_use_only_real_metrics(upstream, tmp_path):
+    """Every metric named in config/grafana-dashboard.json and config/prometheus-alerts.yml
+    exists in a real scrape; promtool accepts the rules."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    from .support import ROOT
+
+    config = base_config(upstream.url, access_log=str(tmp_path / "access.log"))
+    config["routes"][0]["plugins"] = {"key-auth": {}}
+    config["consumers"] = [{"name": "acme", "key_auth": {"keys": ["k-acme"]}}]
+    gw = Gateway(tmp_path, config).start()
+    try:
+        request(gw.port, "GET", "/echo", headers=[("apikey", "k-acme")])
+        body = request(gw.admin_port, "GET", "/metrics").body.decode()
+    finally:
+        gw.stop()
+    scraped = set()
+    for family in text_string_to_metric_families(body):
+        scraped.add(family.name)
+        scraped.update(sample.name for sample in family.samples)
+    dashboard = (ROOT / "config" / "grafana-dashboard.json").read_text()
+    exprs = [
+        target["expr"]
+        for panel in json.loads(dashboard)["panels"]
+        for target in panel.get("targets", [])
+    ]
+    alerts = (ROOT / "config" / "prometheus-alerts.yml").read_text()
+    used = set(re.findall(r"\b(?:fastgw|process)_[a-z_]+", " ".join(exprs) + alerts))
+    assert len(used) >= 12
+    assert used <= scraped, sorted(used - scraped)
+    if shutil.which("promtool") is None:
+        assert not os.environ.get("CI"), "promtool is missing (CI installs prometheus)"
+        return
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(ROOT / "config" / "prometheus-alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 7 rules found" in checked.stdout
