@@ -349,11 +349,8 @@ class ClientProtocol(asyncio.Protocol):
         if exchange is not self.current:
             return
         route = exchange.route
-        if route is not None:
-            if route.log:  # the route's log hooks, the access log among them
-                exchange.run_log()
-        elif exchange.runtime.observer is not None:  # not routed (404, 400...)
-            exchange.runtime.observer.finished(exchange, now)
+        if route is None or route.log:  # PERF: a route without log hooks skips the call
+            exchange.report_end(now)
         if exchange.close_after or not exchange.body_done:
             self.current = None
             self.close()

@@ -431,27 +431,37 @@ class Exchange(RequestView):
             return
         body = self.pending[:]  # the body that came so far (the head joins it in dispatch)
         self.dispatch(host)
-        try:
-            if self.body_bytes > mirror.cluster.retry_buffer:
-                mirror.drop("the request body is larger than its retry_buffer")
-            elif self.body_done:
-                mirror.send(self, body)
-            else:
-                self.copy = body  # sent when the rest has come
-        except Exception:
-            log.exception("mirror error on route %s (the request goes on)", self.route.name)
+        if self.body_done:
+            self.send_copy(body)
+        else:
+            self.copy = body  # sent when the rest has come
+            self.copy_fits()
 
     def copy_body(self, data: bytes) -> None:
         """Keep a body piece for the mirror, up to the shadow upstream's retry_buffer."""
-        copy = self.copy
+        if self.copy_fits():
+            if self.chunked:
+                self.copy += chunk(data)
+            else:
+                self.copy.append(data)
+
+    def copy_fits(self) -> bool:
+        """Whether the body read so far fits in the shadow's retry_buffer; when it does not,
+        the copy is dropped (and counted)."""
         mirror = self.route.mirror
-        if self.body_bytes > mirror.cluster.retry_buffer:
-            self.copy = None
-            mirror.drop("the request body is larger than its retry_buffer")
-        elif self.chunked:
-            copy += chunk(data)
-        else:
-            copy.append(data)
+        if self.body_bytes <= mirror.cluster.retry_buffer:
+            return True
+        self.copy = None
+        mirror.drop("the request body is larger than its retry_buffer")
+        return False
+
+    def send_copy(self, body: list[bytes]) -> None:
+        """The mirror's copy goes out; nothing that happens to it reaches the request."""
+        try:
+            if self.copy_fits():
+                self.route.mirror.send(self, body)
+        except Exception:
+            log.exception("mirror error on route %s (the request goes on)", self.route.name)
 
     def head_for(self, host: Host) -> bytes:
         """The request head for the upstream, in one bytes object."""
@@ -577,10 +587,7 @@ class Exchange(RequestView):
             self.copy = None
             if self.chunked:
                 copy.append(self.pending[-1])
-            try:
-                self.route.mirror.send(self, copy)
-            except Exception:
-                log.exception("mirror error on route %s (the request goes on)", self.route.name)
+            self.send_copy(copy)
 
     def body_too_large(self) -> None:
         self.close_after = True
@@ -627,9 +634,11 @@ class Exchange(RequestView):
 
     # -- attempts ------------------------------------------------------------------------
 
-    def end_attempt(self, outcome: str, now: float) -> None:
+    def end_attempt(self, outcome: str, now: float, conn: UpstreamProtocol | None = None) -> None:
         """Report the attempt in progress to its host, once (the completion point), for every
-        end but a clean response, which response_end reports itself with its connection."""
+        end but a clean response, which response_end reports itself with its connection.
+        `conn`, given for an answer dropped for a retry, is closed there (its parser still has
+        the status, which health checks and metrics read)."""
         if not self.live:
             return
         self.live = False
@@ -641,6 +650,7 @@ class Exchange(RequestView):
             head_at - started if head_at else -1.0,
             now - started,
             now,
+            conn,
         )
 
     def retried(self, now: float) -> bool:
@@ -662,11 +672,8 @@ class Exchange(RequestView):
             conn.parser.get_status_code(),
             self.route.name,
         )
-        self.live = False
-        started = self.started_at
-        self.upstream_host.attempt_ended(
-            OK, self.connected_at - started, now - started, now - started, now, conn, False
-        )
+        self.head_at = now
+        self.end_attempt(OK, now, conn)
         self.resend(following)
         return True
 
@@ -810,11 +817,17 @@ class Exchange(RequestView):
         if self.state < RESPONDING:
             self.status = 0  # not answered: the access log says 499
         self.state = DONE
-        if self.route is not None:
-            if self.route.log:
+        self.report_end(self.client.loop.time())
+
+    def report_end(self, now: float) -> None:
+        """The exchange is over: the route's log hooks (the access log and metrics among
+        them), or, for one that never had a route, the runtime's observers."""
+        route = self.route
+        if route is not None:
+            if route.log:
                 self.run_log()
-        elif self.runtime.observer is not None:
-            self.runtime.observer.finished(self, self.client.loop.time())
+        elif self.runtime.observer is not None:  # not routed (404, 400...)
+            self.runtime.observer.finished(self, now)
 
     # -- the response seam ---------------------------------------------------------------
 

@@ -136,9 +136,12 @@ class Host:
         if breaker is not None:
             breaker.publish(self)
         self.count_with(self.metrics)
+        while len(self.idle) > self.max_idle:
+            self.idle.pop(0).transport.close()
 
     def count_with(self, metrics: Any) -> None:
-        """Its counters of this load (None: metrics are off)."""
+        """Its counters of this load (None: metrics are off). The completion point does the
+        per-attempt work (EWMA, health, breaker, metrics) only for a host that needs one."""
         self.metrics = metrics
         self.watched = (
             bool(self.ewma_decay)
@@ -146,8 +149,6 @@ class Host:
             or self.breaker is not None
             or metrics is not None
         )
-        while len(self.idle) > self.max_idle:
-            self.idle.pop(0).transport.close()
 
     # -- attempts ----------------------------------------------------------------------
 
