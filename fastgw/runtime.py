@@ -13,11 +13,13 @@ from .config.loader import build_router
 from .config.schema import AccessLog as AccessLogSettings
 from .config.schema import Config, Limits, ServerTimeouts, Split
 from .config.schema import Mirror as MirrorSettings
+from .config.schema import Tracing as TracingSettings
 from .http.addresses import Networks
 from .http.headers import K_TRACEPARENT, REQUEST_KINDS, by_sent_name
 from .observe.access_log import AccessLog
 from .observe.appender import Appender
 from .observe.observers import Observers, route_observer
+from .observe.otlp import OtlpExporter
 from .observe.tracing import Tracing
 from .plugins.base import Build, Phase
 from .plugins.chain import EMPTY, Chain, ChainBuilder
@@ -184,7 +186,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
     services.follow_health(list(clusters.values()))
     chains = ChainBuilder(config.plugins, build)
     access = access_log(config.server.access_log, build, services)
-    tracing = Tracing(config.tracing) if config.tracing is not None else None
+    tracing = tracing_of(config.tracing, build, services)
     compiled = []
     routes_measured = []
     for i, route in enumerate(config.routes):
@@ -195,6 +197,9 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
             measured = metrics.route(name, refusing_plugins(chain))
             routes_measured.append(measured)
         hook = route_observer(access, measured)
+        observers = (hook,) if hook is not None else ()
+        if tracing is not None and tracing.exporter is not None:
+            observers += (tracing.finished,)
         compiled.append(
             CompiledRoute(
                 name,
@@ -205,7 +210,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
                 max_body=config.server.limits.max_body_bytes,
                 split=splitter(route.upstream, clusters, build),
                 mirror=mirror(route.mirror, clusters),
-                observers=(hook,) if hook is not None else (),
+                observers=observers,
                 tracing=tracing,
             )
         )
@@ -241,6 +246,20 @@ def access_log(settings: AccessLogSettings | None, build: Build, services: Servi
     path = settings.path
     appender = services.keep(("access-log", path), lambda: Appender(services.loop, path))
     return AccessLog(settings, appender, build.watch("user-agent"))
+
+
+def tracing_of(settings: TracingSettings | None, build: Build, services: Services) -> Any:
+    """This load's Tracing (its exporter is kept across reloads), or None."""
+    if settings is None:
+        return None
+    exporter = None
+    endpoint = settings.otlp_endpoint
+    if endpoint is not None:
+        service = settings.service_name
+        exporter = services.keep(
+            ("otlp", endpoint, service), lambda: OtlpExporter(services.loop, endpoint, service)
+        )
+    return Tracing(settings, exporter, build.watch("user-agent") if exporter else 0)
 
 
 def refusing_plugins(chain: Chain) -> list[str]:

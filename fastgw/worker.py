@@ -100,6 +100,7 @@ class Worker:
         metrics = self.services.metrics
         metrics.connections = self.connections
         metrics.appenders = self.services.appenders
+        metrics.exporters = self.services.exporters
         metrics.version = (self.version, self.loaded.digest)
         self.stopped = self.loop.create_future()
         config = self.loaded.config

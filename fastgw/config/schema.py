@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from ..http.addresses import Network, network
 from ..http.paths import DECODE, KEEP, REJECT
+from ..observe import otlp
 from ..plugins.config import PluginEntry, parse_plugins
 from ..plugins.consumers import Consumer
 from ..tls import ListenerTls, check_listener_tls
@@ -501,12 +502,32 @@ class Route:
         return tuple(named)
 
 
+def otlp_endpoint(value: Any, path: str, errors: Errors) -> Any:
+    """An OTLP/HTTP traces URL, usable only with the protobuf classes of the otel extra."""
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return errors.add(
+            path,
+            "expected the collector's OTLP/HTTP traces URL such as "
+            f"'http://127.0.0.1:4318/v1/traces', got {describe(value)}",
+        )
+    if not otlp.available():
+        return errors.add(
+            path,
+            "exporting spans needs the OpenTelemetry protocol package, not installed here: "
+            "pip install 'fastgw[otel]'",
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Tracing:
-    """W3C trace context propagation (observe/tracing.py)."""
+    """W3C trace context propagation and span export (observe/tracing.py, observe/otlp.py)."""
 
     response_header: bool = spec(boolean, False)  # the traceparent in responses too
     sample_ratio: float = spec(number(min=0.0, max=1.0), 1.0)  # the flag of started traces
+    otlp_endpoint: str | None = spec(optional(otlp_endpoint), None)  # None: no export
+    service_name: str = spec(string(pattern=r".+", hint="a service name"), "fastgw")
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class Exchange(RequestView):
         "scopes",
         "sent",
         "sent_bytes",
+        "span",
         "special",
         "started_at",
         "state",
@@ -642,6 +643,12 @@ class Exchange(RequestView):
         if not self.live:
             return
         self.live = False
+        span = getattr(self, "span", None)  # a sampled request's trace, while exporting
+        if span is not None:
+            status = self.status if self.head_at else 0
+            span.attempt_ended(
+                self, outcome, now, conn.parser.get_status_code() if conn else status
+            )
         started = self.started_at
         head_at = self.head_at
         self.upstream_host.attempt_ended(
@@ -699,7 +706,11 @@ class Exchange(RequestView):
             self.sent = []
             self.sent_bytes = 0
         self.client.resume_reading_for_peer()  # the old connection's back-pressure is gone
-        if host is not self.upstream_host and (not self.route.preserve_host or self.host is None):
+        span = getattr(self, "span", None)
+        if span is not None:
+            span.retrying(self)  # a new client span: the head carries its traceparent
+            self.head = self.head_for(host)
+        elif host is not self.upstream_host and (not self.route.preserve_host or self.host is None):
             self.head = self.head_for(host)
         counter = self.cluster.metrics
         if counter is not None:

@@ -61,7 +61,8 @@ T_HEALTHY = T_DURATION + HISTOGRAM  # a gauge: 1 while in this worker's rotation
 TARGET_FIELDS = T_HEALTHY + 1
 # Of the gateway's slot: gauges first (zeroed for a dead worker), then counters.
 G_CONNECTIONS, G_PID, G_DROPPED, G_RELOADS_OK, G_RELOADS_FAILED = range(5)
-GATEWAY_FIELDS = 5
+G_SPANS_EXPORTED, G_SPANS_DROPPED = 5, 6
+GATEWAY_FIELDS = 7
 GATEWAY_GAUGES = (G_CONNECTIONS, G_PID)
 
 METHOD_FIELD = {m.encode(): i * len(STATUSES) for i, m in enumerate(METHODS[:-1])}
@@ -247,7 +248,8 @@ class Metrics:
         self.worker = worker
         self.loop = loop
         self.gateway = Cells(tables.gateway, tag("gateway"), worker)
-        self.dropped_before = tables.gateway.view[self.gateway.field(G_DROPPED)]
+        # What the kept appenders and exporters had counted at the last tick, by field.
+        self.seen: dict[int, dict[Any, int]] = {}
         self.routes: list[RouteMetrics] = []
         self.clusters: list[Any] = []
         self.consumer_label = False
@@ -256,6 +258,7 @@ class Metrics:
         self.version = (0, "")
         self.connections: Any = None  # the worker's set of client connections
         self.appenders: Any = lambda: []  # the access log appenders of the live config
+        self.exporters: Any = lambda: []  # the span exporters of the live config
         self.timer: Any = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -293,9 +296,21 @@ class Metrics:
         view[self.gateway.field(G_PID)] = os.getpid()
         if self.connections is not None:
             view[self.gateway.field(G_CONNECTIONS)] = len(self.connections)
-        dropped = sum(appender.dropped for appender in self.appenders())
-        view[self.gateway.field(G_DROPPED)] = self.dropped_before + dropped
+        appenders = self.appenders()
+        self.tally(G_DROPPED, appenders, [appender.dropped for appender in appenders])
+        exporters = self.exporters()
+        self.tally(G_SPANS_EXPORTED, exporters, [exporter.exported for exporter in exporters])
+        self.tally(G_SPANS_DROPPED, exporters, [exporter.dropped for exporter in exporters])
         self.timer = self.loop.call_later(1.0, self.tick)
+
+    def tally(self, field: int, counting: list[Any], counts: list[int]) -> None:
+        """Add to a gateway counter what objects counted since the last tick (an object
+        a reload closed stops adding; what it counted stays in the cell)."""
+        seen = self.seen.get(field, {})
+        added = sum(n - seen.get(thing, 0) for thing, n in zip(counting, counts, strict=True))
+        self.seen[field] = dict(zip(counting, counts, strict=True))
+        if added:
+            self.gateway.view[self.gateway.field(field)] += added
 
     def scrape(self) -> tuple[bytes, bytes]:
         """The body and content type of `GET /metrics`."""
@@ -405,7 +420,17 @@ class Metrics:
         dropped = CounterMetricFamily(
             "fastgw_access_log_dropped", "Access log lines lost", cells.total(G_DROPPED)
         )
-        return [connections, reloads, info, dropped]
+        exported = CounterMetricFamily(
+            "fastgw_tracing_spans_exported",
+            "Spans the OTLP collector accepted",
+            cells.total(G_SPANS_EXPORTED),
+        )
+        spans_dropped = CounterMetricFamily(
+            "fastgw_tracing_spans_dropped",
+            "Spans lost: the export queue was full or the collector did not take them",
+            cells.total(G_SPANS_DROPPED),
+        )
+        return [connections, reloads, info, dropped, exported, spans_dropped]
 
     def live_workers(self) -> list[int]:
         cells = self.gateway

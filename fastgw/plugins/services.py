@@ -118,6 +118,10 @@ class Services:
         """The access log files kept now (for the metrics of dropped lines)."""
         return [kept for kept in self.kept.values() if hasattr(kept, "reopen")]
 
+    def exporters(self) -> list[Any]:
+        """The span exporters kept now (for the metrics of exported and dropped spans)."""
+        return [kept for kept in self.kept.values() if hasattr(kept, "exported")]
+
     def reopen(self) -> None:
         """SIGUSR1: what writes to files (access logs) opens them again."""
         for appender in self.appenders():
