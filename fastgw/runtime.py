@@ -216,6 +216,7 @@ def compile_runtime(config: Config, hosts: Hosts, services: Services) -> Runtime
         )
     if metrics is not None:
         metrics.live(routes_measured, list(clusters.values()))
+        services.stats.start()
     observer = Observers(access, metrics) if access is not None or metrics is not None else None
     services.retain()
     router, _ = build_router(config.routes, compiled)

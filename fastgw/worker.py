@@ -7,6 +7,7 @@ from the supervisor over a pipe (already validated there), and drains on SIGTERM
 from __future__ import annotations
 
 import asyncio
+import binascii
 import gc
 import hmac
 import logging
@@ -15,6 +16,9 @@ import pickle
 import signal
 import socket
 import struct
+import time
+from base64 import b64decode
+from importlib.resources import files
 from typing import Any
 
 import orjson
@@ -43,6 +47,9 @@ def encode_config(loaded: Loaded, version: int) -> bytes:
     payload = pickle.dumps((loaded, version))
     return FRAME.pack(len(payload)) + payload
 
+
+# The dashboard page of the admin listener (`GET /`): static, it reads /stats itself.
+DASHBOARD = files("fastgw.observe").joinpath("dashboard.html").read_bytes()
 
 # A listening socket from the master and the listener it was bound for (at the master's start).
 Bound = tuple[Listener, socket.socket]
@@ -164,27 +171,38 @@ class Worker:
             body, content_type = self.services.metrics.scrape()
             return 200, content_type, body
 
+        def stats(_exchange: Any) -> tuple[int, bytes, bytes]:
+            uptime = time.time() - self.services.started
+            report = self.services.stats.report(self.services.metrics.version, uptime)
+            return 200, b"application/json", orjson.dumps(report)
+
+        def dashboard(_exchange: Any) -> tuple[int, bytes, bytes]:
+            return 200, b"text/html; charset=utf-8", DASHBOARD
+
         return {
             "/healthz": healthz,
             "/readyz": readyz,
             "/metrics": self.guarded(metrics),
+            "/stats": self.guarded(stats),
+            # A browser asks for the token as a password (Basic) and sends it to /stats too.
+            "/": self.guarded(dashboard, b'WWW-Authenticate: Basic realm="fastgw"\r\n'),
         }
 
-    def guarded(self, handler: LocalHandler) -> LocalHandler:
+    def guarded(
+        self,
+        handler: LocalHandler,
+        challenge: bytes = b'WWW-Authenticate: Bearer realm="fastgw"\r\n',
+    ) -> LocalHandler:
         """With `server.admin.token`: the handler answers only `Authorization: Bearer TOKEN`
-        (the token of the live config: a reload may change it)."""
+        (or Basic with TOKEN as the password, for browsers), with the token of the live
+        config: a reload may change it."""
 
         def check(exchange: Any) -> tuple:
             admin = self.loaded.config.server.admin
             token = admin.token if admin is not None else None
-            if token is not None and not bearer_matches(exchange.fwd, token):
+            if token is not None and not token_matches(exchange.fwd, token):
                 body = error_body(401, "admin token required", exchange.request_id)
-                return (
-                    401,
-                    b"application/json",
-                    body,
-                    b'WWW-Authenticate: Bearer realm="fastgw"\r\n',
-                )
+                return 401, b"application/json", body, challenge
             return handler(exchange)
 
         return check
@@ -303,11 +321,19 @@ def run_worker(
     return 0
 
 
-def bearer_matches(fields: list[bytes], token: str) -> bool:
+def token_matches(fields: list[bytes], token: str) -> bool:
     """Whether the request's Authorization field (among its forwarded fields: name, ": ",
-    value, CRLF) is `Bearer TOKEN`, compared in constant time."""
-    expected = b"Bearer " + token.encode()
+    value, CRLF) is `Bearer TOKEN`, or Basic credentials whose password is TOKEN (any user
+    name), compared in constant time."""
     for i in range(0, len(fields) - 2, 4):
         if fields[i].lower() == b"authorization":
-            return hmac.compare_digest(fields[i + 2].strip(), expected)
+            scheme, _, credentials = fields[i + 2].strip().partition(b" ")
+            if scheme.lower() == b"basic":
+                try:
+                    credentials = b64decode(credentials, validate=True).partition(b":")[2]
+                except binascii.Error:
+                    return False
+            elif scheme.lower() != b"bearer":
+                return False
+            return hmac.compare_digest(credentials.strip(), token.encode())
     return False

@@ -250,7 +250,7 @@ class Gateway:
         self.ended: list[tuple[Host, str, float, float, float]] = []
 
     def compile(self, settings: dict) -> Any:
-        services = Services(self.loop)  # type: ignore[arg-type]
+        services = self.services = Services(self.loop)  # type: ignore[arg-type]
         services.clock = self.loop.time
         services.wall_clock = lambda: self.wall
         return compile_runtime(validate(settings), self.hosts, services)

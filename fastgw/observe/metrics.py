@@ -41,7 +41,8 @@ from ..upstream.outcomes import (
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
 STATUSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "429", "499")
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Prometheus' default buckets, with three below 5 ms (a gateway's own answers, a fast upstream).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HISTOGRAM = len(BUCKETS) + 3  # the buckets and +Inf, the sum (µs), the count
 SUM_FIELD = len(BUCKETS) + 1
 COUNT_FIELD = len(BUCKETS) + 2
@@ -398,9 +399,7 @@ class Metrics:
                 for outcome, value in zip(OUTCOMES, counts, strict=True):
                     attempts.add_metric([*labels, outcome], value)
                 histogram(duration, labels, cells.totals(T_DURATION, HISTOGRAM))
-                view = cells.view
-                up = all(view[cells.slot + T_HEALTHY * cells.width + w] for w in alive)
-                healthy.add_metric(labels, 1.0 if up else 0.0)
+                healthy.add_metric(labels, 1.0 if self.healthy(host, alive) else 0.0)
         return [attempts, duration, healthy, retries]
 
     def gateway_families(self) -> list[Metric]:
@@ -431,6 +430,13 @@ class Metrics:
             cells.total(G_SPANS_DROPPED),
         )
         return [connections, reloads, info, dropped, exported, spans_dropped]
+
+    def healthy(self, host: Any, alive: list[int] | None = None) -> bool:
+        """Whether the target is in every live worker's rotation."""
+        cells = host.metrics.cells
+        view = cells.view
+        first = cells.slot + T_HEALTHY * cells.width
+        return all(view[first + w] for w in (alive if alive is not None else self.live_workers()))
 
     def live_workers(self) -> list[int]:
         cells = self.gateway

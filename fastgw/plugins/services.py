@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..concurrency import ConcurrencyTable
 from ..config.traffic import RedisSettings
 from ..counters import WorkerCounters
 from ..observe.metrics import Metrics, MetricsTables
+from ..observe.stats import Stats
 from ..quotas import QuotaTable
 from ..redis_store import RedisStore
 from ..shared import SharedTable
@@ -40,6 +41,7 @@ class SharedState:
     budgets: WorkerCounters
     breakers: WorkerCounters
     metrics: MetricsTables
+    started: float = field(default_factory=time.time)  # the master's start (the uptime)
 
 
 class Services:
@@ -61,6 +63,8 @@ class Services:
         self.budgets = Budgets(loop, counts, worker_index)
         tables = shared.metrics if shared is not None else MetricsTables.make(1, routes=4096)
         self.metrics = Metrics(tables, worker_index, loop)
+        self.stats = Stats(self.metrics)  # GET /stats and the dashboard
+        self.started = shared.started if shared is not None else time.time()
         self.worker_index = worker_index  # this worker's column in the concurrency table
         # The clock of limits shared between processes: CLOCK_MONOTONIC, one for the machine
         # (the loop's own time is coarse and per process). Tests may swap it.
