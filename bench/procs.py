@@ -97,13 +97,16 @@ class FastGW(Service):
         workers: int = 1,
         cpu: str | None = None,
         extra: dict | None = None,
+        server: dict | None = None,
     ) -> None:
+        """`extra`: top-level sections; `server`: keys added to the `server` section."""
         port = free_port()
         config: dict = {
             "server": {
                 "listen": f"127.0.0.1:{port}",
                 "workers": workers,
                 "limits": {"max_connections": 20000, "max_body_bytes": "1GiB"},
+                **(server or {}),
             },
             "upstreams": {
                 "up": {

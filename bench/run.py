@@ -35,6 +35,7 @@ from .procs import (
     Minimal,
     Nginx,
     cpu_seconds,
+    free_port,
     nginx_available,
     redis_available,
     rss_kib,
@@ -51,6 +52,7 @@ SCENARIOS = (
     "workers",
     "plugins",
     "balancers",
+    "features",
 )
 
 
@@ -545,6 +547,69 @@ def scenario_balancers(run: Run) -> dict:
             summary[kind]["cost_us_per_request"] = cpu - base
             print(f"  {kind}: {cpu - base:+.1f} us of CPU per request over round_robin")
     return result
+
+
+def scenario_features(run: Run) -> dict:
+    """`small` through one route with the features of a production set-up: key-auth and a
+    local rate limit (never refusing), metrics (an admin listener), an access log to a file
+    and trace propagation (no export), against the same route with nothing on, and nginx.
+
+    `observed` (metrics + access log + tracing alone) against `nothing`, and `features`
+    against `auth-limit` (the plugins alone), are what observability costs; `features`
+    against nginx is the throughput the issue asks to keep above 0.5x.
+    """
+    key, _token, _pem = bench_credentials(run.workdir)
+    consumers = [{"name": "bench", "key_auth": {"keys": [key]}}]
+    plugins = {"key-auth": {}, **NEVER_LIMITED}
+    upstream = BenchUpstream(run.workdir, "12", cpu=run.load_cpu)
+
+    def observing(name: str) -> dict:
+        log = run.workdir / f"access-{name}.log"
+        return {"admin": f"127.0.0.1:{free_port()}", "access_log": {"path": str(log)}}
+
+    def gateway(name: str, observed: bool, with_plugins: bool) -> FastGW:
+        extra: dict = {"tracing": {}} if observed else {}
+        if with_plugins:
+            extra.update(consumers=consumers, plugins=plugins)
+        server = observing(name) if observed else None
+        return FastGW(run.workdir, upstream.port, cpu=run.proxy_cpu, extra=extra, server=server)
+
+    setups = {
+        "nothing": gateway("nothing", False, False),
+        "observed": gateway("observed", True, False),
+        "auth-limit": gateway("auth-limit", False, True),
+        "features": gateway("features", True, True),
+    }
+    started: list = [*setups.values(), upstream]
+    targets = [(name, gw.pids(), gw.port) for name, gw in setups.items()]
+    if nginx_available():
+        nginx = Nginx(run.workdir, upstream.port, cpu=run.proxy_cpu)
+        started.append(nginx)
+        targets.append(("nginx", nginx.pids(), nginx.port))
+    else:
+        run.note("nginx not installed: no reference column")
+    try:
+        rounds = interleaved(
+            run,
+            targets,
+            run.reps or 3,
+            connections=64,
+            duration=run.duration,
+            headers=(("apikey", key),),
+        )
+    finally:
+        for service in started:
+            service.stop()
+    summary = summarise(rounds, baseline="nothing", reference="nginx")
+    print_table("features: small through one route (vs direct = vs nothing on)", summary)
+    for name, base in (("observed", "nothing"), ("features", "auth-limit")):
+        cpu, before = summary[name]["cpu_us_per_request"], summary[base]["cpu_us_per_request"]
+        if cpu is not None and before is not None:
+            summary[name]["cost_us_per_request"] = cpu - before
+            print(f"  {name}: {cpu - before:+.1f} us of CPU per request over {base}")
+        if summary[name]["errors"]:
+            print(f"  {name}: {summary[name]['errors']} request(s) failed")
+    return {"summary": summary, "rounds": rounds}
 
 
 def bench_credentials(workdir: Path) -> tuple[str, str, Path]:

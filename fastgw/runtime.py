@@ -246,7 +246,7 @@ def access_log(settings: AccessLogSettings | None, build: Build, services: Servi
         return None
     path = settings.path
     appender = services.keep(("access-log", path), lambda: Appender(services.loop, path))
-    return AccessLog(settings, appender, build.watch("user-agent"))
+    return AccessLog(settings, appender, build.watch("user-agent"), build.behind_proxies)
 
 
 def tracing_of(settings: TracingSettings | None, build: Build, services: Services) -> Any:

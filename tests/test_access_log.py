@@ -76,6 +76,19 @@ def test_a_proxied_request_has_every_field_and_none_empty(tmp_path):
     }
 
 
+def test_values_from_the_request_are_escaped_into_valid_json(tmp_path):
+    gw, path = logged_gateway(tmp_path)
+    request = (
+        b"GET /caf%C3%A9 HTTP/1.1\r\nHost: a.test\r\n"
+        b'User-Agent: say "hi" \\o/\tx \xc3\xa9\r\nX-Request-ID: id"1\r\n\r\n'
+    )
+    assert parse_response(proxied(gw, request))[0] == 200
+    (entry,) = lines(gw, path, 1)  # json.loads: one valid object per line
+    assert entry["path"] == "/caf%C3%A9"
+    assert entry["user_agent"] == 'say "hi" \\o/\tx ' + b"\xc3\xa9".decode("latin-1")
+    assert entry["request_id"] == 'id"1'
+
+
 def test_the_query_when_asked_and_the_gateways_own_answers(tmp_path):
     settings = inproc.config(targets=("10.0.0.1",))
     settings["server"]["access_log"] = {"path": str(tmp_path / "access.log"), "log_query": True}

@@ -24,10 +24,24 @@ CLIENT_CLOSED = 499  # nginx's status for a request whose client went away befor
 
 
 class AccessLog:
-    __slots__ = ("appender", "log_query", "sample", "second", "slow", "stamp", "user_agent")
+    __slots__ = (
+        "appender",
+        "log_query",
+        "millisecond",
+        "sample",
+        "second",
+        "slow",
+        "stamp",
+        "time",
+        "trusted",
+        "user_agent",
+    )
 
-    def __init__(self, settings: Any, appender: Appender, user_agent: int) -> None:
-        """`user_agent`: the header kind under which requests carry User-Agent."""
+    def __init__(
+        self, settings: Any, appender: Appender, user_agent: int, trusted: bool = False
+    ) -> None:
+        """`user_agent`: the header kind under which requests carry User-Agent; `trusted`:
+        whether the config trusts proxies (then `client` is read from X-Forwarded-For)."""
         self.appender = appender
         self.sample = settings.sample
         self.slow = settings.slow_ms / 1000.0 if settings.slow_ms else float("inf")
@@ -35,6 +49,9 @@ class AccessLog:
         self.user_agent = user_agent
         self.second = -1  # the wall-clock second `stamp` was formatted for
         self.stamp = ""  # that second, RFC 3339 without the fraction
+        self.millisecond = -1  # the wall-clock millisecond `time` was formatted for
+        self.time = ""
+        self.trusted = trusted
 
     def finished(self, ex: Any, now: float) -> None:
         """The exchange ended (answered, or its client went away): log it, maybe."""
@@ -53,18 +70,23 @@ class AccessLog:
         path = ex.path
         if self.log_query and ex.query is not None:
             path = path + b"?" + ex.query
-        wall = time.time()
-        second = int(wall)
-        if second != self.second:
-            self.second = second
-            self.stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        # PERF: the time is formatted once per millisecond, its seconds once per second.
+        millisecond = int(time.time() * 1000)
+        if millisecond != self.millisecond:
+            self.millisecond = millisecond
+            second = millisecond // 1000
+            if second != self.second:
+                self.second = second
+                self.stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.time = self.stamp + MILLISECONDS[millisecond % 1000]
+        time_ = self.time
         client = ex.client
-        if ex.xff is None or not ex.runtime.trusted:
+        if ex.xff is None or not self.trusted:
             address = client.peer.decode("latin-1")  # PERF: the peer, as text already
         else:
             found = real_client(client.address(), ex.xff, ex.runtime.trusted)
             address = str(found) if found is not None else None
-        time_ = self.stamp + MILLISECONDS[int((wall - second) * 1000)]
+        method = METHOD_TEXT.get(ex.method) or ex.method.decode("latin-1")
         route = ex.route
         host = ex.upstream_host
         if host is not None and route is not None:
@@ -73,7 +95,7 @@ class AccessLog:
                 "time": time_,
                 "request_id": ex.request_id.decode("latin-1"),
                 "client": address,
-                "method": ex.method.decode("latin-1"),
+                "method": method,
                 "path": path.decode("latin-1"),
                 "status": status,
                 "route": route.name,
@@ -91,7 +113,7 @@ class AccessLog:
                 "time": time_,
                 "request_id": ex.request_id.decode("latin-1"),
                 "client": address,
-                "method": ex.method.decode("latin-1"),
+                "method": method,
                 "path": path.decode("latin-1"),
                 "status": status,
             }
@@ -113,5 +135,6 @@ class AccessLog:
         return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
 
+METHOD_TEXT = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 # ".000Z" to ".999Z": the milliseconds of `time` without formatting a number per line.
 MILLISECONDS = [f".{ms:03d}Z" for ms in range(1000)]

@@ -72,6 +72,7 @@ STATUS_FIELD = {s: (s // 100 - 1 if 100 <= s < 600 else 4) for s in range(0, 100
 STATUS_FIELD[429] = 5
 STATUS_FIELD[499] = 6
 OUTCOME_FIELD = {name: i for i, name in enumerate(OUTCOMES)}
+FIVE_XX = OUTCOME_FIELD["5xx"]
 US = 1_000_000
 
 
@@ -138,13 +139,6 @@ class Cells:
         return [self.table.total(self.slot, first + i) for i in range(count)]
 
 
-def observe(view: Any, first: int, width: int, seconds: float) -> None:
-    """One sample into a histogram whose fields start at cell `first`."""
-    view[first + bisect_left(BUCKETS, seconds) * width] += 1
-    view[first + SUM_FIELD * width] += int(seconds * US)
-    view[first + COUNT_FIELD * width] += 1
-
-
 class RouteMetrics:
     """A route's counters in this worker; `logged` is the route's last log hook."""
 
@@ -194,7 +188,7 @@ class RouteMetrics:
             self.count_consumer(ex, field)
         if ex.route is None:
             return  # not routed: counted under route "none" only
-        # PERF: the histogram inline (as `observe` does it), no call per request.
+        # PERF: the histogram inline, no call per request: its bucket, the sum (µs), the count.
         seconds = now - ex.received_at
         first = self.duration
         view[first + bisect_left(BUCKETS, seconds) * width] += 1
@@ -232,10 +226,17 @@ class TargetMetrics:
         self.healthy = self.cells.field(T_HEALTHY)
 
     def attempt(self, outcome: str, status: int, seconds: float) -> None:
-        if outcome == OK and status >= 500:
-            outcome = "5xx"
-        self.view[self.cells.base + OUTCOME_FIELD.get(outcome, 0) * self.width] += 1
-        observe(self.view, self.duration, self.width, seconds)
+        view = self.view
+        width = self.width
+        if outcome == OK:
+            view[self.cells.base + (FIVE_XX if status >= 500 else 0) * width] += 1
+        else:
+            view[self.cells.base + OUTCOME_FIELD.get(outcome, 0) * width] += 1
+        # PERF: the histogram inline, as RouteMetrics.finished does it.
+        first = self.duration
+        view[first + bisect_left(BUCKETS, seconds) * width] += 1
+        view[first + SUM_FIELD * width] += int(seconds * US)
+        view[first + COUNT_FIELD * width] += 1
 
     def set_healthy(self, healthy: bool) -> None:
         self.view[self.healthy] = int(healthy)

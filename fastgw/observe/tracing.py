@@ -28,6 +28,7 @@ from .otlp import CLIENT, SERVER, OtlpExporter, SpanRecord
 TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
 ZERO_TRACE = b"0" * 32
 ZERO_SPAN = b"0" * 16
+SPAN_BITS = (1 << 64) - 1
 
 
 class Tracing:
@@ -59,14 +60,20 @@ class Tracing:
                 and found[3] != ZERO_SPAN
             ):
                 trace_id, parent_id, flags = found[2], found[3], found[4]
+        # PERF: ids from the process's PRNG (seeded per worker by os.urandom), no system call
+        # per request; trace ids need to be unique, not secret.
         if trace_id is None:
-            trace_id = b"%032x" % (getrandbits(128) or 1)
+            # PERF: the trace id and the span id from one draw, formatted once.
+            bits = getrandbits(192)
+            while not (bits >> 64 and bits & SPAN_BITS):  # neither may be all zeros
+                bits = getrandbits(192)
+            ids = b"%048x" % bits
+            trace_id, span_id = ids[:32], ids[32:]
             flags = b"01" if random() < self.sample_ratio else b"00"
             if incoming is not None:
                 ex.remove_header(b"tracestate")  # it belonged to the trace that was dropped
-        # PERF: ids from the process's PRNG (seeded per worker by os.urandom), no system call
-        # per request; trace ids need to be unique, not secret.
-        span_id = b"%016x" % (getrandbits(64) or 1)
+        else:
+            span_id = b"%016x" % (getrandbits(64) or 1)
         line = b"traceparent: 00-%s-%s-%s\r\n" % (trace_id, span_id, flags)
         ex.trace_id = trace_id
         if self.exporter is not None:
