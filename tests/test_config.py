@@ -349,3 +349,16 @@ def test_the_readme_upstream_examples_load():
             route = {"match": {"paths": ["/*"]}, "upstream": next(iter(document["upstreams"]))}
             document["routes"] = [route]
         validate(document)
+
+
+def test_the_admin_listener_without_a_host_binds_loopback_only():
+    base = {
+        "upstreams": {"up": {"targets": [{"url": "http://127.0.0.1:9001"}]}},
+        "routes": [{"match": {"paths": ["/*"]}, "upstream": "up"}],
+    }
+    for admin in (":9901", {"address": ":9901"}):
+        config = validate({**base, "server": {"admin": admin, "listen": ":8080"}})
+        assert config.server.admin.address == ("127.0.0.1", 9901)
+        assert config.server.listen[0].address == ("0.0.0.0", 8080)  # listeners: every address
+    config = validate({**base, "server": {"admin": "0.0.0.0:9901"}})
+    assert config.server.admin.address == ("0.0.0.0", 9901)  # asked for in so many words

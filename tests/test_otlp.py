@@ -153,7 +153,7 @@ def test_a_stuck_collector_costs_spans_counted_never_requests():
             answered += parse_response(ct.take())[0] == 200
         assert answered == 1500
         assert exporter.dropped_here == 3000 - otlp.MAX_QUEUE
-        assert exporter.handed + len(exporter.spans) == otlp.MAX_QUEUE
+        assert exporter.handed + exporter.size == otlp.MAX_QUEUE
     finally:
         stuck.close()  # the export thread's connection fails at once from here on
     wait_for(lambda: exporter.done == exporter.handed, timeout=30, what="the queue drained")

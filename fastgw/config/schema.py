@@ -42,21 +42,27 @@ _HOST_PORT = re.compile(
 )
 
 
-def split_host_port(text: str) -> tuple[str, int] | None:
+def split_host_port(text: str, default_host: str = "0.0.0.0") -> tuple[str, int] | None:
     match = _HOST_PORT.fullmatch(text)
     if not match or not 0 < int(match["port"]) < 65536:
         return None
-    return (match["v6"] or match["host"] or "0.0.0.0", int(match["port"]))
+    return (match["v6"] or match["host"] or default_host, int(match["port"]))
 
 
-def address(value: Any, path: str, errors: Errors) -> Any:
+def address(value: Any, path: str, errors: Errors, default_host: str = "0.0.0.0") -> Any:
+    """`host:port`; `:port` binds `default_host`."""
     if isinstance(value, str):
-        parsed = split_host_port(value.strip())
+        parsed = split_host_port(value.strip(), default_host)
         if parsed:
             return parsed
     return errors.add(
         path, f"expected an address 'host:port' such as '127.0.0.1:8080', got {describe(value)}"
     )
+
+
+def admin_address(value: Any, path: str, errors: Errors) -> Any:
+    """The admin listener's address: without a host (`:9901`), loopback only."""
+    return address(value, path, errors, "127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ def access_log(value: Any, path: str, errors: Errors) -> Any:
 class Admin:
     """The admin listener: health, readiness, metrics."""
 
-    address: tuple[str, int] = spec(address)
+    address: tuple[str, int] = spec(admin_address)
     # When set, everything but /healthz and /readyz needs `Authorization: Bearer TOKEN`.
     token: str | None = spec(
         string(
@@ -156,7 +162,7 @@ _admin = record(Admin)
 def admin(value: Any, path: str, errors: Errors) -> Any:
     """An address, or `{address, token}`."""
     if isinstance(value, str):
-        parsed = address(value, path, errors)
+        parsed = admin_address(value, path, errors)
         return INVALID if parsed is INVALID else Admin(address=parsed)
     if not isinstance(value, dict):
         return errors.add(

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from queue import SimpleQueue
 from typing import Any
 
 from ..logs import Throttled
+from .handoff import STOP, Handoff
 
 log = logging.getLogger("fastgw.access")
 failures = Throttled(log, 10.0)
@@ -28,67 +27,32 @@ BATCH = 64 * 1024  # bytes that are handed over at once, without waiting for the
 MAX_PENDING = 8 * 1024 * 1024  # bytes handed over and not yet written: beyond, lines drop
 STDOUT = "stdout"
 REOPEN = object()
-STOP = object()
 
 
-class Appender:
+class Appender(Handoff):
     """One worker's appender to one file (or standard output)."""
 
     def __init__(self, loop: Any, path: str) -> None:
-        self.loop = loop
         self.path = path
-        self.lines: list[bytes] = []
-        self.size = 0  # bytes in `lines`
-        self.timer: Any = None
-        self.handed = 0  # bytes handed to the thread (loop thread only)
-        self.done = 0  # bytes the thread has written or dropped (writer thread only)
-        self.dropped_here = 0  # lines dropped because the writer fell behind (loop thread)
         self.dropped_there = 0  # lines the writer could not write (writer thread)
-        self.queue: SimpleQueue = SimpleQueue()
-        self.thread = threading.Thread(target=self.run, name="fastgw-log", daemon=True)
-        self.thread.start()
+        super().__init__(loop, "fastgw-log", FLUSH, BATCH, MAX_PENDING)
 
     @property
     def dropped(self) -> int:
         return self.dropped_here + self.dropped_there
 
     def add(self, line: bytes) -> None:
-        self.lines.append(line)
-        self.size += len(line)
-        if self.size >= BATCH:
-            self.flush()
-        elif self.timer is None:
-            self.timer = self.loop.call_later(FLUSH, self.flush)
-
-    def flush(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        lines = self.lines
-        if not lines:
-            return
-        self.lines = []
-        size, self.size = self.size, 0
-        if self.handed - self.done + size > MAX_PENDING:
-            self.dropped_here += len(lines)
+        if not self.gather(line, len(line)):
+            self.dropped_here += 1
             failures.warning("access log %s: the disk is too slow; lines dropped", self.path)
-            return
-        self.handed += size
-        self.queue.put((b"".join(lines), len(lines)))
+
+    def batched(self, items: list[bytes], size: int) -> tuple[bytes, int]:
+        return b"".join(items), len(items)
 
     def reopen(self) -> None:
         """The file was moved (logrotate): write to a new one at the same path."""
         self.flush()
         self.queue.put(REOPEN)
-
-    def close(self) -> None:
-        """Write what is gathered, then let the thread end."""
-        self.flush()
-        self.queue.put(STOP)
-
-    def wait_closed(self, timeout: float) -> None:
-        """At the worker's exit: the last lines are written before the process ends."""
-        self.thread.join(timeout)
 
     # -- the writer thread -----------------------------------------------------------------
 

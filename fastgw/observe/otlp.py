@@ -19,13 +19,12 @@ from __future__ import annotations
 import http.client
 import logging
 import ssl
-import threading
-from queue import SimpleQueue
 from typing import Any
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..logs import Throttled
+from .handoff import STOP, Handoff
 
 log = logging.getLogger("fastgw.tracing")
 failures = Throttled(log, 10.0)
@@ -34,7 +33,6 @@ FLUSH = 1.0  # seconds a span may wait before it is handed to the export thread
 BATCH = 512  # spans handed over at once, without waiting for the timer
 MAX_QUEUE = 2048  # spans handed over and not yet sent: beyond, spans are dropped
 TIMEOUT = 5.0  # seconds one export may take (connect, send, answer)
-STOP = object()
 
 # A span as the loop hands it over: (trace id, span id, parent span id or None (all as hex
 # bytes), kind, name, start and end in Unix nanoseconds, attributes, error type or None).
@@ -52,23 +50,15 @@ def available() -> bool:
     return True
 
 
-class OtlpExporter:
+class OtlpExporter(Handoff):
     """One worker's exporter to one collector endpoint."""
 
     def __init__(self, loop: Any, endpoint: str, service_name: str) -> None:
-        self.loop = loop
         self.endpoint = endpoint
         self.service_name = service_name
-        self.spans: list[SpanRecord] = []
-        self.timer: Any = None
-        self.handed = 0  # spans handed to the thread (loop thread only)
-        self.done = 0  # spans the thread has sent or dropped (export thread only)
-        self.dropped_here = 0  # spans dropped because the queue was full (loop thread)
         self.dropped_there = 0  # spans the collector did not take (export thread)
         self.exported = 0  # spans the collector accepted (export thread)
-        self.queue: SimpleQueue = SimpleQueue()
-        self.thread = threading.Thread(target=self.run, name="fastgw-otlp", daemon=True)
-        self.thread.start()
+        super().__init__(loop, "fastgw-otlp", FLUSH, BATCH, MAX_QUEUE)
 
     @property
     def dropped(self) -> int:
@@ -76,36 +66,14 @@ class OtlpExporter:
 
     def add(self, spans: list[SpanRecord]) -> None:
         """A request's spans (its server span and one client span per attempt)."""
-        if self.handed - self.done + len(self.spans) + len(spans) > MAX_QUEUE:
+        if not self.gather(spans, len(spans)):
             self.dropped_here += len(spans)
             failures.warning(
                 "tracing: the collector at %s is not keeping up; spans dropped", self.endpoint
             )
-            return
-        self.spans += spans
-        if len(self.spans) >= BATCH:
-            self.flush()
-        elif self.timer is None:
-            self.timer = self.loop.call_later(FLUSH, self.flush)
 
-    def flush(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        spans = self.spans
-        if spans:
-            self.spans = []
-            self.handed += len(spans)
-            self.queue.put(spans)
-
-    def close(self) -> None:
-        """Hand over what waits, then let the thread end."""
-        self.flush()
-        self.queue.put(STOP)
-
-    def wait_closed(self, timeout: float) -> None:
-        """At the worker's exit: the last spans are sent, within `timeout`."""
-        self.thread.join(timeout)
+    def batched(self, items: list[list[SpanRecord]], size: int) -> list[SpanRecord]:
+        return [span for spans in items for span in spans]
 
     # -- the export thread -------------------------------------------------------------
 
