@@ -1,10 +1,11 @@
-"""The `fastgw` command: run, check, routes, demo, echo."""
+"""The `fastgw` command: run, check, routes, demo, echo, version."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import platform
 import signal
 import sys
 from typing import Any
@@ -31,7 +32,7 @@ def load_or_report(path: str) -> Loaded | None:
     try:
         return load(path)
     except ConfigError as exc:
-        print(str(exc))
+        print(str(exc), file=sys.stderr)
         return None
 
 
@@ -131,6 +132,29 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """fastgw's version and those of what its speed depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"fastgw {__version__} (Python {platform.python_version()}, uvloop {of('uvloop')}, "
+        f"httptools {of('httptools')})"
+    )
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(version_text())
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from .demo import run_echo
 
@@ -183,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["text", "json"],
         help="the gateway's own log: human-readable (default) or one JSON object per line",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("run", cmd_run, "run the gateway in the foreground (SIGHUP reloads, SIGTERM drains)"),
@@ -198,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         help="print a scrypt hash for basic-auth (reads the password from stdin or the terminal)",
     )
     hasher.set_defaults(func=cmd_hash_password)
+    commands.add_parser(
+        "version", help="print the versions of fastgw, Python, uvloop and httptools"
+    ).set_defaults(func=cmd_version)
     echo = commands.add_parser("echo", help="run the echo upstream used by the demo")
     echo.add_argument("--host", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=9001)

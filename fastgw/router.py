@@ -233,7 +233,7 @@ class Router:
     def describe(self) -> list[tuple[str, str, str, str]]:
         """(pattern, methods, hosts, route index) rows for `fastgw routes`, most specific first."""
         rows = []
-        for group in self._groups:
+        for group in sorted(self._groups, key=lambda g: specificity(g[0].pattern)):
             for c in group:
                 methods = ",".join(sorted(m.decode() for m in c.methods)) if c.methods else "*"
                 hosts = (
@@ -253,6 +253,20 @@ class Router:
                     )
                 rows.append((c.pattern, methods, hosts, str(c.index)))
         return rows
+
+
+def specificity(pattern: str) -> list[int]:
+    """A sort key that puts the paths that win first: segment by segment, a literal before a
+    parameter before a wildcard (so `/api/users/{id}` before `/api/*`, and `/*` last)."""
+    ranks = []
+    for segment in pattern.strip("/").split("/"):
+        if segment.endswith("*"):
+            ranks.append(2)
+        elif segment.startswith(("{", ":")):
+            ranks.append(1)
+        else:
+            ranks.append(0)
+    return ranks
 
 
 def _pick(

@@ -242,9 +242,9 @@ def test_check_command(tmp_path):
     )
     result = fastgw("check", "-c", str(bad))
     assert result.returncode == 1
-    assert "2 error(s)" in result.stdout
-    assert "routes[0].upstream: unknown upstream 'userz' (known: echo)" in result.stdout
-    assert "routes[1].strip_prefix: expected true or false, got 3" in result.stdout
+    assert "2 error(s)" in result.stderr and not result.stdout  # errors go to stderr
+    assert "routes[0].upstream: unknown upstream 'userz' (known: echo)" in result.stderr
+    assert "routes[1].strip_prefix: expected true or false, got 3" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
@@ -253,8 +253,9 @@ def test_routes_command():
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["PATH", "METHODS", "HOSTS", "ROUTE", "UPSTREAM", "OPTIONS"]
-    assert lines[1].split() == ["/echo/*", "GET,HEAD,POST", "*", "echo", "echo", "-"]
-    assert lines[2].split() == ["/users/{id}", "*", "*", "echo-users", "echo", "-"]
+    # Most specific first (a parameter beats a wildcard), as the README says.
+    assert lines[1].split() == ["/users/{id}", "*", "*", "echo-users", "echo", "-"]
+    assert lines[2].split() == ["/echo/*", "GET,HEAD,POST", "*", "echo", "echo", "-"]
 
 
 def test_run_with_invalid_config_exits_1_with_errors(tmp_path):
@@ -302,7 +303,7 @@ def test_a_config_without_upstreams_or_routes_is_an_error(tmp_path, text, expect
         text=True,
         cwd=ROOT,
     )
-    assert check.returncode == 1 and expected[-1] in check.stdout
+    assert check.returncode == 1 and expected[-1] in check.stderr
 
 
 def test_yaml_booleans_are_true_and_false_only(tmp_path):
@@ -362,3 +363,44 @@ def test_the_admin_listener_without_a_host_binds_loopback_only():
         assert config.server.listen[0].address == ("0.0.0.0", 8080)  # listeners: every address
     config = validate({**base, "server": {"admin": "0.0.0.0:9901"}})
     assert config.server.admin.address == ("0.0.0.0", 9901)  # asked for in so many words
+
+
+def test_check_reports_a_misspelt_key_and_an_unknown_upstream_of_one_route_together(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        textwrap.dedent("""\
+        upstreams:
+          billing: {targets: [{url: "http://127.0.0.1:9001"}]}
+        routes:
+          - match: {paths: ["/a/*"]}
+            strip_prefx: true
+            upstream: biling
+            mirror: {upstream: shadw}
+    """)
+    )
+    result = fastgw("check", "-c", str(bad))
+    assert result.returncode == 1 and "3 error(s)" in result.stderr
+    assert "routes[0].strip_prefx: unknown key" in result.stderr
+    assert "routes[0].upstream: unknown upstream 'biling' (known: billing)" in result.stderr
+    assert "routes[0].mirror.upstream: unknown upstream 'shadw' (known: billing)" in result.stderr
+
+
+def test_routes_are_listed_most_specific_first():
+    from fastgw.router import specificity
+
+    patterns = ["/*", "/api/*", "/api/users/{id}", "/api/users/me", "/health"]
+    ordered = sorted(patterns, key=specificity)
+    assert ordered.index("/api/users/me") < ordered.index("/api/users/{id}")
+    assert ordered.index("/api/users/{id}") < ordered.index("/api/*") < ordered.index("/*")
+    assert ordered[-1] == "/*"
+
+
+def test_version_command_and_flag():
+    import platform
+
+    for args in (("version",), ("--version",)):
+        result = fastgw(*args)
+        assert result.returncode == 0, result.stderr
+        line = result.stdout.strip()
+        assert line.startswith("fastgw 0.1.0 (Python " + platform.python_version())
+        assert "uvloop 0." in line and "httptools 0." in line

@@ -132,7 +132,7 @@ def validate(document: Any, source: str = "config") -> Config:
     routes = _parse_routes(document.get("routes"), errors)
     tracing = parse_tracing(document.get("tracing"), "tracing", errors)
     metrics = parse_metrics(document.get("metrics"), "metrics", errors)
-    _check_references(document.get("upstreams"), routes, errors)
+    _check_references(document.get("upstreams"), document.get("routes"), routes, errors)
     _check_ties(routes, errors)
     _check_hash_on_consumer(upstreams, routes, global_plugins, errors)
     context = TrafficContext(redis if redis is not INVALID else None, plans)
@@ -215,11 +215,20 @@ def _check_hash_on_consumer(
             )
 
 
-def _check_references(raw_upstreams: Any, routes: list[Any], errors: Errors) -> None:
+def _check_references(
+    raw_upstreams: Any, raw_routes: Any, routes: list[Any], errors: Errors
+) -> None:
     known = sorted(str(k) for k in raw_upstreams) if isinstance(raw_upstreams, dict) else []
     names: dict[str, int] = {}
     for i, route in enumerate(routes):
         if route is INVALID:
+            # Another mistake in the route (a misspelt key) must not hide this one.
+            for key, name in _raw_upstream_names(raw_routes[i]):
+                if name not in known:
+                    errors.add(
+                        f"routes[{i}].{key}",
+                        f"unknown upstream '{name}' (known: {', '.join(known) or 'none defined'})",
+                    )
             continue
         for key, name in route.upstream_names():
             if name not in known:
@@ -235,6 +244,19 @@ def _check_references(raw_upstreams: Any, routes: list[Any], errors: Errors) -> 
                 )
             else:
                 names[route.name] = i
+
+
+def _raw_upstream_names(raw: Any) -> list[tuple[str, str]]:
+    """(key path, name) of the upstreams a route that did not validate names as plain text."""
+    if not isinstance(raw, dict):
+        return []
+    named = []
+    if isinstance(raw.get("upstream"), str):
+        named.append(("upstream", raw["upstream"]))
+    mirror = raw.get("mirror")
+    if isinstance(mirror, dict) and isinstance(mirror.get("upstream"), str):
+        named.append(("mirror.upstream", mirror["upstream"]))
+    return named
 
 
 def build_router(
