@@ -10,11 +10,16 @@ if TYPE_CHECKING:
 
 
 class Site:
-    __slots__ = ("proto_line", "runtime", "tls")
+    __slots__ = ("admin", "proto_line", "runtime", "tls")
 
     def __init__(
-        self, runtime: Runtime, scheme: bytes = b"http", tls: TlsListener | None = None
+        self,
+        runtime: Runtime,
+        scheme: bytes = b"http",
+        tls: TlsListener | None = None,
+        admin: bool = False,
     ) -> None:
         self.runtime = runtime  # swapped by a reload
+        self.admin = admin  # the admin listener: it answers probes until the drain ends
         self.proto_line = b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
         self.tls = tls

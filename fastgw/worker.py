@@ -79,7 +79,8 @@ class Worker:
         self.services: Services | None = None
         self.connections: set[ClientProtocol] = set()
         self.draining = False
-        self.acceptors: list[Acceptor] = []
+        self.acceptors: list[Acceptor] = []  # of the listeners (the admin's is apart)
+        self.admin_acceptor: Acceptor | None = None  # open until the drain ends
         self.stopped: asyncio.Future | None = None
         self.request_prefix = os.urandom(6).hex().encode() + b"-"
         self.request_count = 0
@@ -133,11 +134,13 @@ class Worker:
         settle_heap()
         if self.admin_sock is not None:
             admin = Site(
-                local_runtime(self.admin_handlers(), config.server.limits, config.server.timeouts)
+                local_runtime(self.admin_handlers(), config.server.limits, config.server.timeouts),
+                admin=True,
             )
-            self.acceptors.append(
-                Acceptor(self.loop, self.admin_sock, lambda: ClientProtocol(self, admin))
+            self.admin_acceptor = Acceptor(
+                self.loop, self.admin_sock, lambda: ClientProtocol(self, admin)
             )
+            self.admin_acceptor.start()
         for acceptor in self.acceptors:
             acceptor.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -269,7 +272,8 @@ class Worker:
             holder.current = contexts
 
     def drain(self) -> None:
-        """Stop accepting, let requests in flight finish up to the drain deadline, then stop."""
+        """Stop accepting, let requests in flight finish up to the drain deadline, then stop.
+        The admin listener keeps answering (`/readyz`: 503) until then."""
         if self.draining:
             return
         self.draining = True

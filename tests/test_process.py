@@ -140,7 +140,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     result = {}
 
     def slow() -> None:
-        result["response"] = request(gw.port, "GET", "/slow?delay=1.5")
+        result["response"] = request(gw.port, "GET", "/slow?delay=2.5")
 
     try:
         thread = threading.Thread(target=slow)
@@ -153,12 +153,20 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
         # The idle keep-alive connection is closed at once; new connections are refused.
         assert idle.sock.recv(1) == b""
         idle.close()
+        # The admin listener still answers while the drain lasts, so a load balancer's probe
+        # tells "draining" from "dead"; /healthz is still 200.
+        ready = request(gw.admin_port, "GET", "/readyz")
+        assert ready.status == 503 and ready.json()["status"] == "draining"
+        assert request(gw.admin_port, "GET", "/healthz").status == 200
+        assert result == {}  # all of that while the slow request was still in flight
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", gw.port), timeout=2).recv(1)
         thread.join(10)
         assert result["response"].status == 200
         assert result["response"].body == b"slow"
         assert gw.proc.wait(10) == 0
+        with pytest.raises(OSError):  # the drain over, the admin listener is gone too
+            socket.create_connection(("127.0.0.1", gw.admin_port), timeout=2).recv(1)
     finally:
         gw.stop()
         own.stop()

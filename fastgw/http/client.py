@@ -160,11 +160,16 @@ class ClientProtocol(asyncio.Protocol):
         self.forwarded = b"X-Forwarded-For: " + self.peer + self.proto_line
         if self.site.tls is not None:
             self.peer_subjects = peer_subjects(transport.get_extra_info("ssl_object"))
-        if len(worker.connections) >= limits.max_connections or worker.draining:
+        if worker.draining and self.site.admin:
+            # A probe while draining: answered (503 on /readyz), then closed; the drain does
+            # not wait for it.
+            self.draining = True
+        elif len(worker.connections) >= limits.max_connections or worker.draining:
             transport.write(reply(503, error_body(503, "too many connections", b""), close=True))
             transport.close()
             return
-        worker.connections.add(self)
+        else:
+            worker.connections.add(self)
         now = self.loop.time()
         self.idle_since = now
         self.idle_limit = self.header_timeout  # the first request must come within this time
