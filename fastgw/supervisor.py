@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from .concurrency import ConcurrencyTable
 from .config.loader import ConfigError, Loaded, load
 from .counters import WorkerCounters
+from .heartbeat import STALE as HEARTBEAT_STALE
+from .heartbeat import Heartbeats
 from .listeners import ListenError, bind_all
+from .notify import Notifier
 from .observe.metrics import MetricsTables
 from .plugins.services import SharedState
 from .quotas import QuotaState, QuotaTable
@@ -37,6 +40,10 @@ HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.
 FAST_CRASH = 1.0
 MAX_BACKOFF = 10.0
 FLUSH_EVERY = 1.0  # seconds between writes of the quota counts (when they changed)
+# A worker just started may take this long to beat before the watchdog counts it as hung.
+START_GRACE = 10.0
+# After a reload, READY=1 is sent when every worker serves the new config, or after this.
+RELOAD_CONFIRM = 10.0
 
 
 @dataclass
@@ -82,7 +89,11 @@ class Supervisor:
             WorkerCounters(BUDGET_FIELDS, len(self.slots)),
             WorkerCounters(BREAKER_FIELDS, len(self.slots)),
             MetricsTables.make(len(self.slots)),
+            heartbeats=Heartbeats(len(self.slots)),
         )
+        self.notifier = Notifier()
+        self.awaiting: int | None = self.version  # READY=1 once every worker serves it
+        self.awaiting_until = float("inf")
         self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
         self.quota_state.load(time.time())
         self.flush_at = 0.0
@@ -117,9 +128,45 @@ class Supervisor:
             else:
                 self.reap()
             self.restart_due()
+            self.tell_systemd()
             if time.monotonic() >= self.flush_at:
                 self.quota_state.flush()
                 self.flush_at = time.monotonic() + FLUSH_EVERY
+
+    def status(self) -> str:
+        workers = sum(1 for slot in self.slots if slot.pid)
+        return f"config version {self.version} ({self.loaded.digest}), {workers} worker(s)"
+
+    def tell_systemd(self) -> None:
+        """READY=1 once every worker serves the awaited config; WATCHDOG=1 while all answer."""
+        notifier = self.notifier
+        if not notifier.active:
+            return
+        now = time.monotonic()
+        heartbeats = self.shared.heartbeats
+        if self.awaiting is not None:
+            serving = [
+                heartbeats.serving(slot.index, slot.started) if slot.pid else 0
+                for slot in self.slots
+            ]
+            late = sum(1 for version in serving if version < self.awaiting)
+            if not late:
+                notifier.ready(self.status())
+                self.awaiting = None
+            elif now >= self.awaiting_until:
+                notifier.ready(f"{self.status()}; {late} worker(s) did not confirm it")
+                self.awaiting = None
+        if notifier.watchdog_due(now) and all(
+            self.answering(slot, now) for slot in self.slots if slot.pid
+        ):
+            notifier.watchdog(now)
+
+    def answering(self, slot: WorkerSlot, now: float) -> bool:
+        """A worker beat lately, or was started lately and has not beaten yet."""
+        age = self.shared.heartbeats.age(slot.index, slot.started)
+        if age is None:
+            return now - slot.started < START_GRACE
+        return age <= HEARTBEAT_STALE
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate): every worker opens its access log files again."""
@@ -201,10 +248,12 @@ class Supervisor:
 
     def reload(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
+        self.notifier.reloading()
         try:
             loaded = load(self.path)
         except ConfigError as exc:
             self.shared.metrics.reloaded(False)
+            self.notifier.ready(f"{self.status()}; the reload failed, this config kept")
             log.error(
                 "reload failed; still serving config version %d (%s):\n%s",
                 self.version,
@@ -230,6 +279,8 @@ class Supervisor:
             )
         self.loaded = loaded
         self.version += 1
+        self.awaiting = self.version
+        self.awaiting_until = time.monotonic() + RELOAD_CONFIRM
         self.shared.metrics.reloaded(True)
         frame = encode_config(loaded, self.version)
         for slot in self.slots:
@@ -247,6 +298,7 @@ class Supervisor:
 
     def stop(self) -> int:
         self.stopping = True
+        self.notifier.stopping()
         deadline = time.monotonic() + self.loaded.config.server.timeouts.drain + 5.0
         log.info("stopping: draining workers")
         for slot in self.slots:

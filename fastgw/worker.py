@@ -27,6 +27,8 @@ import uvloop
 from .acceptor import Acceptor
 from .config.loader import Loaded
 from .config.schema import Listener
+from .heartbeat import EVERY as HEARTBEAT_EVERY
+from .heartbeat import Heartbeats
 from .http.client import ClientProtocol
 from .http.replies import error_body
 from .plugins.services import Services, SharedState
@@ -143,6 +145,8 @@ class Worker:
             self.admin_acceptor.start()
         for acceptor in self.acceptors:
             acceptor.start()
+        if self.shared is not None and self.shared.heartbeats is not None:
+            self.beat(self.shared.heartbeats)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.drain)
         self.loop.add_signal_handler(signal.SIGUSR1, self.services.reopen)
@@ -158,6 +162,11 @@ class Worker:
         )
         await self.stopped
         self.services.close()
+
+    def beat(self, heartbeats: Heartbeats) -> None:
+        """The loop is alive and serves this version (for the master's READY and watchdog)."""
+        heartbeats.beat(self.index, self.version)
+        self.loop.call_later(HEARTBEAT_EVERY, self.beat, heartbeats)
 
     def admin_handlers(self) -> dict[str, Any]:
         def healthz(_exchange: Any) -> tuple[int, bytes, bytes]:

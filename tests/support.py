@@ -131,12 +131,16 @@ class Gateway:
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(
-        self, wait: bool = True, nofile: int | None = None, options: list[str] | None = None
+        self,
+        wait: bool = True,
+        nofile: int | None = None,
+        options: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Gateway:
         """Run it; `nofile` sets its open file limit (as `ulimit -n`); `options` go before
-        `run` (`--log-format json`)."""
+        `run` (`--log-format json`); `env` is added to its environment."""
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), FASTGW_LOG_LEVEL="debug")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), FASTGW_LOG_LEVEL="debug", **(env or {}))
 
         def limit() -> None:
             if nofile is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from ..concurrency import ConcurrencyTable
 from ..config.traffic import RedisSettings
 from ..counters import WorkerCounters
+from ..heartbeat import Heartbeats
 from ..observe.metrics import Metrics, MetricsTables
 from ..observe.stats import Stats
 from ..quotas import QuotaTable
@@ -41,6 +42,7 @@ class SharedState:
     budgets: WorkerCounters
     breakers: WorkerCounters
     metrics: MetricsTables
+    heartbeats: Heartbeats | None = None  # workers' signs of life, for systemd (notify.py)
     started: float = field(default_factory=time.time)  # the master's start (the uptime)
 
 
