@@ -80,6 +80,13 @@ class Acceptor:
     def _serve(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            # Wait for the first byte: a TLS handshake, or plain HTTP sent to the wrong port.
+            PlainOrTls(self, conn)
+            return
+        self._start(conn)
+
+    def _start(self, conn: socket.socket) -> None:
         # The protocol is made and connection_made runs within the call; the Task only waits
         # for the TLS handshake (or one loop turn without TLS). One per connection, not request.
         task = self.loop.create_task(
@@ -104,6 +111,63 @@ class Acceptor:
     def _resume(self) -> None:
         self.resume_timer = None
         self.start()
+
+
+TLS_HANDSHAKE = 0x16  # the content type of the first TLS record a client sends
+PLAIN_HTTP_TO_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 69\r\n"
+    b"Connection: close\r\n\r\n"
+    b"400 Bad Request: a plain HTTP request was sent to a TLS port (https)\n"
+)
+
+
+class PlainOrTls:
+    """A TLS listener's new connection until its first byte: a TLS record starts the
+    handshake; anything else (a plain HTTP request) is answered 400 and closed, as nginx
+    does, instead of a silent close. One callback per connection, none per request."""
+
+    __slots__ = ("acceptor", "conn", "timer")
+
+    def __init__(self, acceptor: Acceptor, conn: socket.socket) -> None:
+        self.acceptor = acceptor
+        self.conn = conn
+        loop = acceptor.loop
+        loop.add_reader(conn.fileno(), self.readable)
+        self.timer = loop.call_later(acceptor.handshake_timeout or 60.0, self.timed_out)
+
+    def readable(self) -> None:
+        conn = self.conn
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return  # woken for nothing: wait on
+        except OSError:
+            first = b""
+        self.done()
+        if first[:1] == bytes((TLS_HANDSHAKE,)):
+            self.acceptor._start(conn)
+            return
+        if first:
+            try:
+                # Read what was sent first: closing with unread bytes would reset the
+                # connection and the client might not see the answer.
+                conn.recv(65536)
+                conn.send(PLAIN_HTTP_TO_TLS)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        conn.close()
+
+    def timed_out(self) -> None:
+        self.timer = None
+        self.done()
+        self.conn.close()
+
+    def done(self) -> None:
+        self.acceptor.loop.remove_reader(self.conn.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 def _handshake_done(task: Any) -> None:

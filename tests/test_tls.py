@@ -9,7 +9,7 @@ import h11
 import pytest
 import trustme
 
-from .support import Client, Gateway, Upstream, base_config, free_port, request
+from .support import Client, Gateway, Upstream, base_config, free_port, raw_exchange, request
 
 # A refused handshake shows up as a TLS alert, a reset, or (TLS 1.3) a close on the first read.
 REFUSED = (ssl.SSLError, ConnectionError, h11.RemoteProtocolError)
@@ -129,6 +129,17 @@ def test_tls_termination_and_forwarded_proto(tls_gw, pki):
         assert client.request("GET", "/y").status == 200  # keep-alive over TLS
     plain = headers_seen(request(tls_gw.ports[0], "GET", "/x"))
     assert plain["x-forwarded-proto"] == "http"
+
+
+def test_plain_http_to_a_tls_port_gets_400_saying_so(tls_gw, pki):
+    answer = raw_exchange(tls_gw.ports[1], b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: text/plain" in head and b"Connection: close" in head
+    assert body == b"400 Bad Request: a plain HTTP request was sent to a TLS port (https)\n"
+    # TLS on the same port still works.
+    with TlsClient(tls_gw.ports[1], client_context(pki["server_ca"])) as client:
+        assert client.request("GET", "/x").status == 200
 
 
 def served_names(port: int, context: ssl.SSLContext, server_name: str | None) -> list[str]:
