@@ -8,6 +8,7 @@ settings without touching the listening socket.
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -53,14 +54,48 @@ def check_listener_tls(tls: ListenerTls, path: str, errors: Errors) -> None:
     if not tls.pairs():
         errors.add(path, "expected a certificate: cert and key, or certificates")
     for where, pair in _labelled_pairs(tls, path):
+        problem = file_problem(pair.cert, "cert", CERTIFICATE) or file_problem(
+            pair.key, "key", PRIVATE_KEY
+        )
+        if problem is None and tls.client_ca is not None:
+            problem = file_problem(tls.client_ca, "client_ca", CERTIFICATE)
+        if problem is not None:
+            errors.add(where, problem)
+            continue
         try:
             server_context(pair, tls)
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except ssl.SSLError as exc:
+            if "KEY_VALUES_MISMATCH" in str(exc):
+                errors.add(where, f"the key '{pair.key}' does not match the cert '{pair.cert}'")
+            else:
+                errors.add(where, f"cannot use cert '{pair.cert}' with key '{pair.key}': {exc}")
+        except (OSError, ValueError) as exc:
             errors.add(where, f"cannot use cert '{pair.cert}' with key '{pair.key}': {exc}")
     if tls.client_auth in ("optional", "required") and tls.client_ca is None:
         errors.add(
             f"{path}.client_auth", "expected client_ca: the CAs client certificates must chain to"
         )
+
+
+CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+PRIVATE_KEY = b"PRIVATE KEY-----"
+
+
+def file_problem(name: str, role: str, marker: bytes) -> str | None:
+    """Why a PEM file cannot serve as `role`: missing, unreadable, or not PEM; None if fine."""
+    try:
+        with open(name, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return f"{role} file '{name}' does not exist"
+    except PermissionError:
+        return f"{role} file '{name}' is not readable by this user (uid {os.getuid()})"
+    except OSError as exc:
+        return f"{role} file '{name}' cannot be read: {exc.strerror}"
+    if marker not in data:
+        what = "certificate" if marker == CERTIFICATE else "private key"
+        return f"{role} file '{name}' holds no PEM {what} (expected a '{marker.decode()}' block)"
+    return None
 
 
 def _labelled_pairs(tls: ListenerTls, path: str) -> list[tuple[str, CertificatePair]]:

@@ -251,3 +251,43 @@ def test_certificates_reload_on_sighup(tls_gw, pki):
         after = client.sock.getpeercert(binary_form=True)
         assert client.request("GET", "/x").status == 200
     assert after != before
+
+
+def test_certificate_files_that_cannot_serve_are_named_with_the_reason(pki, tmp_path):
+    from fastgw.config.loader import ConfigError, validate
+
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("hello\n")
+    good = pki["default"]
+    listen = [
+        {
+            "address": "127.0.0.1:8441",
+            "tls": {"cert": str(tmp_path / "nope.pem"), "key": good["key"]},
+        },
+        {"address": "127.0.0.1:8442", "tls": {"cert": str(not_pem), "key": good["key"]}},
+        {"address": "127.0.0.1:8443", "tls": {"cert": good["cert"], "key": good["cert"]}},
+        {"address": "127.0.0.1:8444", "tls": {"cert": good["cert"], "key": pki["other"]["key"]}},
+        {"address": "127.0.0.1:8445", "tls": {"cert": str(tmp_path), "key": good["key"]}},
+    ]
+    settings = base_config("http://127.0.0.1:9001")
+    settings["server"]["listen"] = listen
+    with pytest.raises(ConfigError) as caught:
+        validate(settings)
+    errors = caught.value.errors
+    assert f"server.listen[0].tls: cert file '{tmp_path / 'nope.pem'}' does not exist" in errors
+    assert (
+        f"server.listen[1].tls: cert file '{not_pem}' holds no PEM certificate "
+        "(expected a '-----BEGIN CERTIFICATE-----' block)" in errors
+    )
+    assert any(
+        e.startswith(f"server.listen[2].tls: key file '{good['cert']}' holds no PEM private key")
+        for e in errors
+    )
+    assert (
+        f"server.listen[3].tls: the key '{pki['other']['key']}' does not match the cert "
+        f"'{good['cert']}'" in errors
+    )
+    assert any(
+        e.startswith(f"server.listen[4].tls: cert file '{tmp_path}' cannot be read: Is a directory")
+        for e in errors
+    )
