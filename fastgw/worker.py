@@ -19,6 +19,7 @@ import struct
 import time
 from base64 import b64decode
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from .heartbeat import EVERY as HEARTBEAT_EVERY
 from .heartbeat import Heartbeats
 from .http.client import ClientProtocol
 from .http.replies import error_body
+from .plugins.registry import import_modules
 from .plugins.services import Services, SharedState
 from .runtime import LocalHandler, compile_runtime, local_runtime
 from .site import Site
@@ -46,8 +48,18 @@ FRAME = struct.Struct("!I")
 
 
 def encode_config(loaded: Loaded, version: int) -> bytes:
-    payload = pickle.dumps((loaded, version))
+    """A frame for a worker: the plugin modules the config needs first (a plugin file's
+    classes cannot be unpickled before the worker has imported it), then the config."""
+    modules = (loaded.config.server.plugin_modules, str(Path(loaded.source).parent))
+    payload = pickle.dumps((modules, pickle.dumps((loaded, version))))
     return FRAME.pack(len(payload)) + payload
+
+
+def decode_config(payload: bytes) -> tuple[Loaded, int]:
+    (names, base), inner = pickle.loads(payload)
+    for problem in import_modules(names, Path(base)):
+        log.error("%s", problem)
+    return pickle.loads(inner)
 
 
 # The dashboard page of the admin listener (`GET /`): static, it reads /stats itself.
@@ -237,7 +249,7 @@ class Worker:
                 break
             payload = self.control_buffer[FRAME.size : FRAME.size + size]
             self.control_buffer = self.control_buffer[FRAME.size + size :]
-            loaded, version = pickle.loads(payload)
+            loaded, version = decode_config(payload)
             self.apply(loaded, version)
 
     def apply(self, loaded: Loaded, version: int) -> None:

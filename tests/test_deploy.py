@@ -76,7 +76,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system/fastgw.service")
     for command, source in (
-        ("opt/fastgw/bin/fastgw", shutil.which("fastgw") or sys.executable),
+        ("opt/fastgw/bin/fastgw", str(Path(sys.executable).parent / "fastgw")),
         ("bin/kill", shutil.which("kill") or "/bin/kill"),
     ):
         (root / command).parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,13 @@ identity headers, global plugins and overrides, and a plugin loaded from `plugin
 import base64
 import hashlib
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -376,3 +380,46 @@ def test_readme_quick_start_works_as_written(tmp_path):
 def test_docs_show_the_example_plugin_as_it_is():
     example = (ROOT / "tests" / "example_plugin.py").read_text()
     assert example in (ROOT / "docs" / "plugins.md").read_text()
+
+
+def test_a_plugin_module_given_as_a_file_next_to_the_config(upstream, tmp_path):
+    """The documented example plugin as a file beside the config: loaded by the installed
+    command without PYTHONPATH, and by the workers when a reload first names it."""
+    (tmp_path / "plugins").mkdir()
+    shutil.copy(ROOT / "tests" / "example_plugin.py", tmp_path / "plugins" / "audit.py")
+    config = base_config(upstream.url)
+    gw = Gateway(tmp_path, config).start()
+    try:
+        audit = tmp_path / "audit.log"
+        config["server"]["plugin_modules"] = ["./plugins/audit.py"]
+        config["routes"][0]["plugins"] = {"audit-log": {"path": str(audit)}}
+        gw.write_config(config)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        check = subprocess.run(
+            [str(Path(sys.executable).parent / "fastgw"), "check", "-c", str(gw.config_path)],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env=env,
+        )
+        assert check.returncode == 0, check.stderr
+        gw.signal(signal.SIGHUP)
+        gw.wait_log("config version 2 .* live")
+        got = request(gw.port, "GET", "/echo")
+        assert got.status == 200 and got.header("x-audited") == "yes"
+        wait_for(lambda: audit.exists() and "all GET 200" in audit.read_text(), what="audit")
+        config["server"]["plugin_modules"] = ["./plugins/missing.py"]
+        gw.write_config(config)
+        check = subprocess.run(
+            [str(Path(sys.executable).parent / "fastgw"), "check", "-c", str(gw.config_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert check.returncode == 1
+        assert (
+            "server.plugin_modules: cannot import plugin module './plugins/missing.py': "
+            f"FileNotFoundError: no file {tmp_path / 'plugins' / 'missing.py'}" in check.stderr
+        )
+    finally:
+        gw.stop()

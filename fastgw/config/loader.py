@@ -121,7 +121,8 @@ def validate(document: Any, source: str = "config") -> Config:
             errors.add(str(key), f"unknown key (expected one of: {', '.join(TOP_LEVEL_KEYS)})")
     server = parse_server(document.get("server"), "server", errors)
     if server is not INVALID:
-        for problem in import_modules(server.plugin_modules):
+        base = Path(source).parent if source != "config" else None
+        for problem in import_modules(server.plugin_modules, base):
             errors.add("server.plugin_modules", problem)
     upstreams = _parse_upstreams(document.get("upstreams"), errors)
     redis = parse_redis(document.get("redis"), "redis", errors)

@@ -189,7 +189,13 @@ class Server:
     paths: Paths = spec(record(Paths), factory=Paths)
     trusted_proxies: tuple[Network, ...] = spec(list_of(network), ())
     plugin_modules: tuple[str, ...] = spec(
-        list_of(string(pattern=r"[A-Za-z_][\w.]*", hint="a Python module name")), ()
+        list_of(
+            string(
+                pattern=r"[A-Za-z_][\w.]*|.*\.py",
+                hint="a Python module name, or a .py file (relative to the config file)",
+            )
+        ),
+        (),
     )
     # Where durable local state (quota counts) is kept between runs.
     state_dir: str = spec(string(pattern=r".+", hint="a directory name"), "./fastgw-state")
