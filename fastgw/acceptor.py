@@ -176,4 +176,4 @@ def _handshake_done(task: Any) -> None:
     exc = task.exception()
     if exc is not None:
         # A failed or timed-out TLS handshake, or a client gone before it began: its business.
-        log.debug("connection not established: %r", exc)
+        log.debug("connection not established: %s: %s", type(exc).__name__, exc)

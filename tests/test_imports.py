@@ -48,3 +48,15 @@ def test_no_import_cycles():
     assert "fastgw.http.exchange" in graph and graph["fastgw.http.client"]
     cycles = [c for name in sorted(graph) if (c := cycle_through(graph, name))]
     assert cycles == [], "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_architecture_document_names_only_files_that_exist():
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    modules = text.split("## Modules (`fastgw/`)")[1].split("\n## ")[0]
+    named = [m[1] for m in re.finditer(r"^([\w/.]+\.(?:py|html))\s", modules, re.M)]
+    assert len(named) > 30
+    assert [n for n in named if not (ROOT / "fastgw" / n).exists()] == []
+    paths = re.findall(r"`((?:fastgw|tests|bench|config|deploy|docs)/[\w/.\-]+)`", text)
+    assert [p for p in paths if not (ROOT / p).exists()] == []

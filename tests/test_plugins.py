@@ -204,6 +204,17 @@ def test_basic_auth(secured):
         response = request(secured.port, "GET", "/basic/x", headers=headers)
         assert response.status == 401, headers
         assert response.header("www-authenticate") == 'Basic realm="test realm", charset="UTF-8"'
+    # The reason in the gateway's log shows the user as text, not a Python repr.
+    log = secured.wait_log("unknown user 'nobody'")
+    assert "b'nobody'" not in log
+
+
+def test_values_from_requests_are_shown_as_text_in_log_lines():
+    from fastgw.plugins.base import shown
+
+    assert shown(b"bob") == "'bob'" and shown("RS256") == "'RS256'" and shown(None) == "none"
+    assert shown(b"a\r\nforged: line") == "'a\\x0d\\x0aforged: line'"
+    assert shown(b"\xe9t\xe9") == "'\xe9t\xe9'" and len(shown(b"x" * 500)) == 202
 
 
 def test_basic_auth_is_cached_and_concurrent_requests_are_served(secured):

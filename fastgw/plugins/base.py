@@ -37,6 +37,17 @@ class Phase(IntEnum):
     TRANSFORMATION = 70
 
 
+def shown(value: Any) -> str:
+    """A value from a request for a log line: text in quotes, never a Python repr (`b'bob'`),
+    with control characters escaped so that a line stays one line."""
+    if value is None:
+        return "none"
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        text = "".join(c if 32 <= ord(c) != 127 else f"\\x{ord(c):02x}" for c in text)
+    return f"'{text[:200]}'"
+
+
 class Reply:
     """A short-circuit answer: the request goes no further.
 

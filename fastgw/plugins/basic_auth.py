@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from ..config.fields import duration, spec, string
-from .base import Build, Phase, Plugin, Reply
+from .base import Build, Phase, Plugin, Reply, shown
 from .consumers import Identity
 from .flight import SingleFlight, TtlCache
 from .passwords import DEFAULT_N, DEFAULT_P, DEFAULT_R, PasswordHash
@@ -67,7 +67,7 @@ class BasicAuth(Plugin):
     async def verify(self, ex, key: bytes, user: bytes, password: bytes) -> Reply | None:
         identity = await self.flight.run(key, lambda: self.verify_password(key, user, password))
         if identity is None:
-            return self.invalid.because(f"basic-auth: wrong password or unknown user {user!r}")
+            return self.invalid.because(f"basic-auth: wrong password or unknown user {shown(user)}")
         ex.authenticated(identity)
         return None
 

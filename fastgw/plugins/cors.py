@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..config.fields import boolean, duration, list_of, optional, spec, string
 from ..http.headers import drop_named
-from .base import Build, Phase, Plugin, Reply
+from .base import Build, Phase, Plugin, Reply, shown
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _ORIGIN = r"\*|(?:[a-z][a-z0-9+.\-]*://)?(?:\*\.)?[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*(?::\d{1,5})?"
@@ -110,7 +110,7 @@ class Cors(Plugin):
         if origin is None or not self.is_preflight(ex):
             return None
         if not self.allowed(origin):
-            return self.refused.because(f"cors: preflight from origin {origin!r}")
+            return self.refused.because(f"cors: preflight from origin {shown(origin)}")
         extra = (
             b"Access-Control-Allow-Origin: "
             + self.allow_origin(origin)

@@ -30,7 +30,7 @@ from ..config.fields import (
     string,
 )
 from ..tls import client_context
-from .base import UNSAFE, Build, Phase, Plugin, Reply, readable_header
+from .base import UNSAFE, Build, Phase, Plugin, Reply, readable_header, shown
 from .jwks import KeySet, RemoteKeySet, parse_jwks
 
 HMAC = ("HS256", "HS384", "HS512")
@@ -278,7 +278,7 @@ class JwtAuth(Plugin):
             return self.invalid.because(f"jwt-auth: malformed token: {exc}")
         alg = header.get("alg")
         if alg not in self.algorithms:
-            return self.invalid.because(f"jwt-auth: algorithm {alg!r} is not allowed")
+            return self.invalid.because(f"jwt-auth: algorithm {shown(alg)} is not allowed")
         if keys is None:
             return self.verify(ex, token, self.static_key, version)
         kid = header.get("kid")
@@ -286,7 +286,7 @@ class JwtAuth(Plugin):
         if key is None and isinstance(keys, RemoteKeySet):
             return self.refresh_then_verify(ex, token, kid, alg)
         if key is None:
-            return self.invalid.because(f"jwt-auth: no key for kid {kid!r} and {alg}")
+            return self.invalid.because(f"jwt-auth: no key for kid {shown(kid)} and {alg}")
         return self.verify(ex, token, key, version)
 
     async def refresh_then_verify(self, ex, token: bytes, kid: str | None, alg: str):
@@ -296,7 +296,7 @@ class JwtAuth(Plugin):
         if key is None:
             if not loaded:
                 return self.unavailable.because(f"jwt-auth: JWKS {keys.url} could not be loaded")
-            return self.invalid.because(f"jwt-auth: no key for kid {kid!r} and {alg}")
+            return self.invalid.because(f"jwt-auth: no key for kid {shown(kid)} and {alg}")
         return self.verify(ex, token, key, keys.version)
 
     def verify(self, ex, token: bytes, key: Any, version: int) -> Reply | None:
@@ -329,10 +329,10 @@ class JwtAuth(Plugin):
             )
         for name, expected in self.claims.items():
             if not claim_matches(claims.get(name), expected):
-                return self.insufficient.because(f"jwt-auth: claim {name!r} does not match")
+                return self.insufficient.because(f"jwt-auth: claim {shown(name)} does not match")
         identity = self.by_subject.get(subject) if isinstance(subject, str) else None
         if identity is None and self.require_consumer:
-            return self.invalid.because(f"jwt-auth: subject {subject!r} is no consumer")
+            return self.invalid.because(f"jwt-auth: subject {shown(subject)} is no consumer")
         outcome = (identity, subject_bytes, scope_bytes)
         if len(self.cache) >= CACHE_LIMIT:
             self.cache.clear()

@@ -28,7 +28,7 @@ PLUGINS: dict[str, type[Plugin]] = {}
 def register(cls: type[Plugin]) -> type[Plugin]:
     """Make a plugin class known by its `name` (usable as a class decorator)."""
     if not cls.name or (cls.name in PLUGINS and PLUGINS[cls.name] is not cls):
-        raise ValueError(f"plugin name {cls.name!r} is empty or already taken")
+        raise ValueError(f"plugin name '{cls.name}' is empty or already taken")
     PLUGINS[cls.name] = cls
     return cls
 
