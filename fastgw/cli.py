@@ -49,12 +49,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = loaded.config
     listen = ", ".join(f"{h}:{p}" for h, p in (lst.address for lst in config.server.listen))
     plugins = sorted({*config.plugins, *(name for r in config.routes for name in r.plugins)})
-    print(
+    summary = (
         f"ok: {args.config} ({loaded.digest}): {len(config.routes)} route(s), "
         f"{len(config.upstreams)} upstream(s), {sum(len(u.targets) for u in config.upstreams.values())} target(s), "
         f"{len(config.consumers)} consumer(s), plugins: {', '.join(plugins) or 'none'}, "
         f"listening on {listen}, workers: {config.server.workers}"
     )
+    print(loaded.redact(summary))
     return 0
 
 
@@ -106,9 +107,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(loaded.redact(line.rstrip()))
     return 0
 
 

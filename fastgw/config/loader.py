@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..plugins.config import check_entries, effective, parse_plugins
 from ..plugins.consumers import parse_consumers
 from ..plugins.registry import PLUGINS, import_modules
 from ..router import Router
+from .environment import Substitution, redact
 from .fields import INVALID, Errors, describe, join, optional, record
 from .schema import (
     Config,
@@ -63,6 +65,12 @@ class Loaded:
     config: Config
     source: str
     digest: str  # first 12 hex digits of the file's sha256: names the config version in logs
+    # Values that came from environment variables -> their `${NAME}`: never printed.
+    hidden: dict[str, str] = field(default_factory=dict)
+
+    def redact(self, text: str) -> str:
+        """`text` with every value substituted from the environment shown as `${NAME}`."""
+        return redact(text, self.hidden)
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -103,9 +111,17 @@ def load(path: str | Path) -> Loaded:
         raw_bytes = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from None
-    document = read_document(path)
-    config = validate(document, str(path))
-    return Loaded(config, str(path), hashlib.sha256(raw_bytes).hexdigest()[:12])
+    substitution = Substitution(os.environ)
+    document = substitution.document(read_document(path))
+    try:
+        config = validate(document, str(path))
+    except ConfigError as exc:
+        errors = [redact(e, substitution.values) for e in substitution.errors + exc.errors]
+        raise ConfigError(str(path), errors) from None
+    if substitution.errors:
+        raise ConfigError(str(path), substitution.errors)
+    digest = hashlib.sha256(raw_bytes).hexdigest()[:12]
+    return Loaded(config, str(path), digest, substitution.values)
 
 
 def validate(document: Any, source: str = "config") -> Config:
