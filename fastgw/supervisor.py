@@ -258,7 +258,7 @@ class Supervisor:
                 "reload failed; still serving config version %d (%s):\n%s",
                 self.version,
                 self.loaded.digest,
-                "\n".join(f"  {e}" for e in exc.errors),
+                "\n".join(f"  {e}" for e in exc.shown),
             )
             return
         old = self.loaded.config.server

@@ -404,3 +404,37 @@ def test_version_command_and_flag():
         line = result.stdout.strip()
         assert line.startswith("fastgw 0.1.0 (Python " + platform.python_version())
         assert "uvloop 0." in line and "httptools 0." in line
+
+
+def test_errors_of_a_yaml_file_carry_line_and_column(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(
+        textwrap.dedent("""\
+        upstreams:
+          billing: {targets: [{url: "http://127.0.0.1:9001"}]}
+        routes:
+          - match: {paths: ["/a/*"]}
+            strip_prefx: true
+            upstream: biling
+            preserve_host: maybe
+    """)
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(bad)
+    shown = caught.value.shown
+    assert f"{bad}:5:5: routes[0].strip_prefx: unknown key" in shown[0]  # at the key
+    assert f"{bad}:6:15: routes[0].upstream: unknown upstream 'biling'" in "\n".join(shown)
+    assert f"{bad}:7:20: routes[0].preserve_host: expected true or false" in "\n".join(shown)
+    assert caught.value.errors[0].startswith("routes[0].strip_prefx: unknown key")  # the path
+
+
+def test_a_yaml_syntax_error_is_shown_with_the_line_quoted(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("server:\n  listen: 127.0.0.1: 8080\nroutes: []\n")
+    result = fastgw("check", "-c", str(bad))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    at = next(i for i, line in enumerate(lines) if "invalid YAML" in line)
+    assert lines[at].strip() == (f"{bad}:2:20: invalid YAML: mapping values are not allowed here")
+    assert lines[at + 1].strip() == "2 |   listen: 127.0.0.1: 8080"
+    assert lines[at + 2].endswith("| " + " " * 19 + "^")  # under the second colon

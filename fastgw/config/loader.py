@@ -19,6 +19,7 @@ from ..plugins.registry import PLUGINS, import_modules
 from ..router import Router
 from .environment import Substitution, redact
 from .fields import INVALID, Errors, describe, join, optional, record
+from .positions import locate, yaml_positions, yaml_syntax_error
 from .schema import (
     Config,
     Route,
@@ -48,13 +49,15 @@ TOP_LEVEL_KEYS = (
 
 
 class ConfigError(Exception):
-    """The file could not be used; `errors` holds every problem as `path: message`."""
+    """The file could not be used; `errors` holds every problem as `path: message`, and
+    `shown` the same as printed: with `file:line:column:` where the format gives it."""
 
-    def __init__(self, source: str, errors: list[str]) -> None:
+    def __init__(self, source: str, errors: list[str], shown: list[str] | None = None) -> None:
         self.source = source
         self.errors = errors
+        self.shown = shown or errors
         super().__init__(
-            f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in errors)
+            f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in self.shown)
         )
 
 
@@ -100,7 +103,10 @@ def read_document(path: Path) -> Any:
         try:
             return yaml.load(data, Loader=YamlLoader)
         except yaml.YAMLError as exc:
-            raise ConfigError(str(path), [f"invalid YAML: {exc}".replace("\n", " ")]) from None
+            flat = f"invalid YAML: {exc}".replace("\n", " ")
+            raise ConfigError(
+                str(path), [flat], [yaml_syntax_error(exc, data, str(path))]
+            ) from None
     raise ConfigError(str(path), [f"unknown file type '{suffix}' (expected .toml, .yaml or .yml)"])
 
 
@@ -117,11 +123,19 @@ def load(path: str | Path) -> Loaded:
         config = validate(document, str(path))
     except ConfigError as exc:
         errors = [redact(e, substitution.values) for e in substitution.errors + exc.errors]
-        raise ConfigError(str(path), errors) from None
+        raise located(path, raw_bytes, errors) from None
     if substitution.errors:
-        raise ConfigError(str(path), substitution.errors)
+        raise located(path, raw_bytes, substitution.errors)
     digest = hashlib.sha256(raw_bytes).hexdigest()[:12]
     return Loaded(config, str(path), digest, substitution.values)
+
+
+def located(path: Path, data: bytes, errors: list[str]) -> ConfigError:
+    """The errors of a file, each shown at its line and column when the format gives them."""
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        return ConfigError(str(path), errors)
+    positions = yaml_positions(data, YamlLoader)
+    return ConfigError(str(path), errors, [locate(e, positions, str(path)) for e in errors])
 
 
 def validate(document: Any, source: str = "config") -> Config:
