@@ -55,6 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.consumers)} consumer(s), plugins: {', '.join(plugins) or 'none'}, "
         f"listening on {listen}, workers: {config.server.workers}"
     )
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(loaded.redact(summary))
     return 0
 

@@ -261,6 +261,7 @@ class Supervisor:
                 "\n".join(f"  {e}" for e in exc.shown),
             )
             return
+        warn(loaded)
         old = self.loaded.config.server
         new = loaded.config.server
         addresses = [(lst.address, lst.scheme) for lst in old.listen]
@@ -324,6 +325,12 @@ def _describe_status(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
+def warn(loaded: Loaded) -> None:
+    """A config that loads but is almost certainly wrong: say so (config/warnings.py)."""
+    for warning in loaded.warnings:
+        log.warning("config warning: %s", warning)
+
+
 def serve(path: str) -> int:
     """`fastgw run`: load, bind the listeners, supervise until stopped."""
     try:
@@ -331,6 +338,7 @@ def serve(path: str) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    warn(loaded)
     server = loaded.config.server
     addresses = [listener.address for listener in server.listen]
     if server.admin is not None:

@@ -438,3 +438,43 @@ def test_a_yaml_syntax_error_is_shown_with_the_line_quoted(tmp_path):
     assert lines[at].strip() == (f"{bad}:2:20: invalid YAML: mapping values are not allowed here")
     assert lines[at + 1].strip() == "2 |   listen: 127.0.0.1: 8080"
     assert lines[at + 2].endswith("| " + " " * 19 + "^")  # under the second colon
+
+
+WARNED = """\
+upstreams:
+  up: {targets: [{url: "http://127.0.0.1:9001", weight: 0}, {url: "http://127.0.0.1:9002", weight: 0}]}
+  ok: {targets: [{url: "http://127.0.0.1:9003"}]}
+plugins:
+  jwt-auth: {algorithms: [HS256], secret: "short-secret"}
+routes:
+  - {name: any, match: {paths: ["/*"]}, upstream: up}
+  - {name: api, match: {paths: ["/api/*"]}, upstream: ok}
+"""
+
+
+def test_check_warns_of_valid_but_wrong_configs_without_failing(tmp_path):
+    path = tmp_path / "warned.yaml"
+    path.write_text(WARNED)
+    result = fastgw("check", "-c", str(path))
+    assert result.returncode == 0 and result.stdout.startswith("ok: ")
+    assert result.stderr.splitlines() == [
+        "warning: plugins.jwt-auth.secret: an HMAC secret of 12 bytes is easy to guess offline "
+        "from one token; use 32 random bytes or more",
+        "warning: upstreams.up.targets: every target has weight 0: requests to it are answered 503",
+    ]
+    # A catch-all listed before a more specific route does not shadow it: no warning, and
+    # the specific route wins (equally specific overlapping routes are errors instead).
+    assert "api" not in result.stderr
+    assert load(path).warnings[1].startswith("upstreams.up.targets")
+
+
+def test_warnings_are_logged_when_the_gateway_loads(upstream, tmp_path):
+    from .support import Gateway, base_config
+
+    config = base_config(upstream.url)
+    config["plugins"] = {"jwt-auth": {"algorithms": ["HS256"], "secret": "0123456789"}}
+    gw = Gateway(tmp_path, config).start()
+    try:
+        gw.wait_log("config warning: plugins.jwt-auth.secret: an HMAC secret of 10 bytes")
+    finally:
+        gw.stop()

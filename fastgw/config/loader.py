@@ -32,6 +32,7 @@ from .schema import (
     parse_upstream,
 )
 from .traffic import RedisSettings, TrafficContext, parse_plans
+from .warnings import config_warnings
 
 parse_redis = optional(record(RedisSettings))
 
@@ -70,6 +71,8 @@ class Loaded:
     digest: str  # first 12 hex digits of the file's sha256: names the config version in logs
     # Values that came from environment variables -> their `${NAME}`: never printed.
     hidden: dict[str, str] = field(default_factory=dict)
+    # Valid but almost certainly wrong (config/warnings.py): printed by check, logged at load.
+    warnings: tuple[str, ...] = ()
 
     def redact(self, text: str) -> str:
         """`text` with every value substituted from the environment shown as `${NAME}`."""
@@ -127,7 +130,8 @@ def load(path: str | Path) -> Loaded:
     if substitution.errors:
         raise located(path, raw_bytes, substitution.errors)
     digest = hashlib.sha256(raw_bytes).hexdigest()[:12]
-    return Loaded(config, str(path), digest, substitution.values)
+    warned = tuple(redact(w, substitution.values) for w in config_warnings(config))
+    return Loaded(config, str(path), digest, substitution.values, warned)
 
 
 def located(path: Path, data: bytes, errors: list[str]) -> ConfigError:
