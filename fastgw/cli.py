@@ -8,11 +8,9 @@ import os
 import platform
 import signal
 import sys
-from typing import Any
 
-from .config.loader import ConfigError, Loaded, build_router, load
+from .config.loader import ConfigError, Loaded, load
 from .logs import JsonFormatter
-from .plugins.config import effective
 
 
 def setup_logging(level: str, form: str = "text") -> None:
@@ -61,52 +59,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_upstream(route: Any) -> str:
-    """`orders`, or a split as `blue:90,green:10`; a mirror as `+mirror:shadow`."""
-    upstream = route.upstream
-    text = (
-        upstream
-        if isinstance(upstream, str)
-        else ",".join(f"{side.upstream}:{side.weight}" for side in upstream.split)
-    )
-    if route.mirror is not None:
-        text += f" +mirror:{route.mirror.upstream}"
-    return text
-
-
 def cmd_routes(args: argparse.Namespace) -> int:
+    from .admin import route_table
+
     loaded = load_or_report(args.config)
     if loaded is None:
         return 1
-    routes = loaded.config.routes
-    router, _ = build_router(routes)
-    rows = [("PATH", "METHODS", "HOSTS", "ROUTE", "UPSTREAM", "OPTIONS")]
-    for pattern, methods, hosts, index in router.describe():
-        route = routes[int(index)]
-        options = ",".join(
-            name
-            for name, on in (
-                ("strip_prefix", route.strip_prefix),
-                ("no_preserve_host", not route.preserve_host),
-            )
-            if on
-        )
-        headers = ",".join(f"{k}={v}" for k, v in (route.match.headers or {}).items())
-        if headers:
-            options = ",".join(filter(None, [options, f"headers:{headers}"]))
-        active = ",".join(e.name for e in effective(loaded.config.plugins, route.plugins))
-        if active:
-            options = ",".join(filter(None, [options, f"plugins:{active}"]))
-        rows.append(
-            (
-                pattern,
-                methods,
-                hosts,
-                route.name or f"routes[{index}]",
-                describe_upstream(route),
-                options or "-",
-            )
-        )
+    header = {k: k.upper() for k in ("path", "methods", "hosts", "route", "upstream", "options")}
+    rows = [list(header.values())] + [list(row.values()) for row in route_table(loaded)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -295,9 +295,12 @@ def mirror(settings: MirrorSettings | None, clusters: dict[str, Cluster]) -> Mir
 def local_runtime(
     paths: dict[str, LocalHandler], limits: Limits, timeouts: ServerTimeouts
 ) -> Runtime:
-    """A runtime whose routes the gateway answers itself (the admin listener)."""
+    """A runtime whose routes the gateway answers itself (the admin listener): keys are
+    paths (GET) or `METHOD /path`."""
     router = Router()
-    for i, (path, handler) in enumerate(paths.items()):
-        router.add(CompiledRoute(path, None, local=handler), i, path, ("GET",), None, None)
+    for i, (key, handler) in enumerate(paths.items()):
+        method, _, path = key.rpartition(" ")
+        methods = (method or "GET",)
+        router.add(CompiledRoute(key, None, local=handler), i, path, methods, None, None)
     router.finish()
     return Runtime(router, limits, timeouts)

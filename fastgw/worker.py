@@ -26,7 +26,8 @@ import orjson
 import uvloop
 
 from .acceptor import Acceptor
-from .config.loader import Loaded
+from .admin import config_json, route_table
+from .config.loader import ConfigError, Loaded, load
 from .config.schema import Listener
 from .heartbeat import EVERY as HEARTBEAT_EVERY
 from .heartbeat import Heartbeats
@@ -61,6 +62,8 @@ def decode_config(payload: bytes) -> tuple[Loaded, int]:
         log.error("%s", problem)
     return pickle.loads(inner)
 
+
+RELOAD_WAIT = 10.0  # seconds POST /reload waits for this worker to serve the new config
 
 # The dashboard page of the admin listener (`GET /`): static, it reads /stats itself.
 DASHBOARD = files("fastgw.observe").joinpath("dashboard.html").read_bytes()
@@ -203,14 +206,62 @@ class Worker:
         def dashboard(_exchange: Any) -> tuple[int, bytes, bytes]:
             return 200, b"text/html; charset=utf-8", DASHBOARD
 
+        def config(_exchange: Any) -> tuple[int, bytes, bytes]:
+            return 200, b"application/json", orjson.dumps(config_json(self.loaded))
+
+        def routes(_exchange: Any) -> tuple[int, bytes, bytes]:
+            return 200, b"application/json", orjson.dumps(route_table(self.loaded))
+
+        def upstreams(_exchange: Any) -> tuple[int, bytes, bytes]:
+            report = self.services.metrics.upstream_report()
+            return 200, b"application/json", orjson.dumps(report)
+
+        def purge(exchange: Any) -> tuple[int, bytes, bytes]:
+            body = error_body(501, "response caching is not built yet", exchange.request_id)
+            return 501, b"application/json", body
+
         return {
             "/healthz": healthz,
             "/readyz": readyz,
             "/metrics": self.guarded(metrics),
             "/stats": self.guarded(stats),
+            "/config": self.guarded(config),
+            "/routes": self.guarded(routes),
+            "/upstreams": self.guarded(upstreams),
+            "POST /reload": self.guarded(self.reload_requested),
+            "POST /cache/purge": self.guarded(purge),  # reserved for response caching
             # A browser asks for the token as a password (Basic) and sends it to /stats too.
             "/": self.guarded(dashboard, b'WWW-Authenticate: Basic realm="fastgw"\r\n'),
         }
+
+    async def reload_requested(self, _exchange: Any) -> tuple[int, bytes, bytes]:
+        """POST /reload: the file is validated here first (400 with every error, the old
+        config still serving); a valid one is reloaded by the master, as on SIGHUP, and the
+        answer waits until this worker serves it."""
+        path = self.loaded.source
+        try:
+            loaded = await self.loop.run_in_executor(None, load, path)
+        except ConfigError as exc:
+            errors = [
+                {"path": path_, "message": message}
+                for path_, _, message in (e.partition(": ") for e in exc.errors)
+            ]
+            body = {"error": "the config is not valid", "version": self.version, "errors": errors}
+            return 400, b"application/json", orjson.dumps(body)
+        before = self.version
+        os.kill(os.getppid(), signal.SIGHUP)
+        deadline = self.loop.time() + RELOAD_WAIT
+        while self.version == before and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.version == before:
+            body = {"error": "the master did not confirm the reload", "version": before}
+            return 503, b"application/json", orjson.dumps(body)
+        body = {
+            "version": self.version,
+            "digest": self.loaded.digest,
+            "warnings": list(loaded.warnings),
+        }
+        return 200, b"application/json", orjson.dumps(body)
 
     def guarded(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from asyncio import isfuture
 from functools import partial
+from inspect import isawaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from httptools import HttpParserInvalidURLError, parse_url
@@ -368,6 +369,9 @@ class Exchange(RequestView):
         route = found.route
         if route.local is not None:
             answer = route.local(self)  # (status, content type, body[, extra header lines])
+            if isawaitable(answer):  # an admin action that waits (POST /reload)
+                self.client.loop.create_task(answer).add_done_callback(self.local_answered)
+                return
             self.local_reply(answer[0], answer[2], answer[1], *answer[3:])
             return
         self.route = route
@@ -400,6 +404,17 @@ class Exchange(RequestView):
             elif certified is not None:
                 self.add_identity()
         self.proceed()
+
+    def local_answered(self, task: Any) -> None:
+        """A local handler that waited has its answer (unless its client went away)."""
+        if self.state == DONE:
+            return
+        if task.cancelled() or task.exception() is not None:
+            log.error("admin handler failed", exc_info=task.exception())
+            self.local_error(500, "internal error")
+            return
+        answer = task.result()
+        self.local_reply(answer[0], answer[2], answer[1], *answer[3:])
 
     def proceed(self) -> None:
         """Every plugin let the request through: pick a host and send the request to it."""

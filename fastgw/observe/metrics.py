@@ -59,7 +59,11 @@ ROUTE_FIELDS = R_LIMITED + 1
 T_OUTCOMES = 0
 T_DURATION = len(OUTCOMES)
 T_HEALTHY = T_DURATION + HISTOGRAM  # a gauge: 1 while in this worker's rotation
-TARGET_FIELDS = T_HEALTHY + 1
+# Gauges of the target's state in each worker, published every second (GET /upstreams).
+T_IN_FLIGHT, T_CONNECTIONS, T_IDLE, T_PASSIVE, T_EWMA_US = range(T_HEALTHY + 1, T_HEALTHY + 6)
+TARGET_FIELDS = T_EWMA_US + 1
+TARGET_GAUGES = (T_HEALTHY, T_IN_FLIGHT, T_CONNECTIONS, T_IDLE, T_PASSIVE, T_EWMA_US)
+PASSIVE_STATES = ("healthy", "ejected", "probation", "trial")
 # Of the gateway's slot: gauges first (zeroed for a dead worker), then counters.
 G_CONNECTIONS, G_PID, G_DROPPED, G_RELOADS_OK, G_RELOADS_FAILED = range(5)
 G_SPANS_EXPORTED, G_SPANS_DROPPED = 5, 6
@@ -102,7 +106,7 @@ class MetricsTables:
         )
 
     def forget_worker(self, worker: int) -> None:
-        self.targets.forget_worker(worker, (T_HEALTHY,))
+        self.targets.forget_worker(worker, TARGET_GAUGES)
         self.gateway.forget_worker(worker, GATEWAY_GAUGES)
 
     def reloaded(self, ok: bool) -> None:
@@ -241,6 +245,17 @@ class TargetMetrics:
     def set_healthy(self, healthy: bool) -> None:
         self.view[self.healthy] = int(healthy)
 
+    def publish(self, host: Any) -> None:
+        """This worker's view of the target, for GET /upstreams (once a second)."""
+        view = self.view
+        cells = self.cells
+        view[cells.field(T_IN_FLIGHT)] = host.in_flight
+        view[cells.field(T_CONNECTIONS)] = host.connections
+        view[cells.field(T_IDLE)] = len(host.idle)
+        health = host.health
+        view[cells.field(T_PASSIVE)] = PASSIVE_STATES.index(health.state) if health else 0
+        view[cells.field(T_EWMA_US)] = int(host.ewma * US) if host.ewma >= 0 else -1
+
 
 class Metrics:
     """This worker's side of the metrics: the cells of the live config and the scrape."""
@@ -298,6 +313,9 @@ class Metrics:
         view[self.gateway.field(G_PID)] = os.getpid()
         if self.connections is not None:
             view[self.gateway.field(G_CONNECTIONS)] = len(self.connections)
+        for cluster in self.clusters:
+            for host in cluster.hosts:
+                host.metrics.publish(host)
         appenders = self.appenders()
         self.tally(G_DROPPED, appenders, [appender.dropped for appender in appenders])
         exporters = self.exporters()
@@ -431,6 +449,47 @@ class Metrics:
             cells.total(G_SPANS_DROPPED),
         )
         return [connections, reloads, info, dropped, exported, spans_dropped]
+
+    def upstream_report(self) -> list[dict[str, Any]]:
+        """GET /upstreams: every upstream and target, merged over the live workers (each
+        worker's part is at most a second old; the answering worker's is current)."""
+        self.tick_now()
+        alive = self.live_workers()
+        report = []
+        for cluster in self.clusters:
+            targets = []
+            for host, target in zip(cluster.hosts, cluster.upstream.targets, strict=True):
+                cells = host.metrics.cells
+
+                def each(field: int, cells: Any = cells) -> list[int]:
+                    first = cells.slot + field * cells.width
+                    return [cells.view[first + w] for w in alive]
+
+                ewma = [us / 1000 for us in each(T_EWMA_US) if us >= 0]
+                passive = [PASSIVE_STATES[code] for code in each(T_PASSIVE)]
+                targets.append(
+                    {
+                        "target": host.label,
+                        "weight": target.weight,
+                        "healthy": self.healthy(host, alive),
+                        "active_check": "up" if host.active_ok else "down",
+                        "passive": passive,  # per worker: healthy, ejected, probation, trial
+                        "ejected_in_workers": sum(state != "healthy" for state in passive),
+                        "in_flight": sum(each(T_IN_FLIGHT)),
+                        "connections": sum(each(T_CONNECTIONS)),
+                        "idle": sum(each(T_IDLE)),
+                        "ewma_ms": round(sum(ewma) / len(ewma), 3) if ewma else None,
+                    }
+                )
+            report.append(
+                {
+                    "upstream": cluster.name,
+                    "balancer": cluster.upstream.balancer,
+                    "retries": cluster.upstream.retries,
+                    "targets": targets,
+                }
+            )
+        return report
 
     def healthy(self, host: Any, alive: list[int] | None = None) -> bool:
         """Whether the target is in every live worker's rotation."""
