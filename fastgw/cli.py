@@ -74,6 +74,32 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """A short summary of a running gateway, from its admin API."""
+    from .status import summary
+
+    address, token = args.admin, args.token or os.environ.get("FASTGW_ADMIN_TOKEN")
+    if address is None:
+        if args.config is None:
+            print("status: give -c FILE or --admin HOST:PORT", file=sys.stderr)
+            return 2
+        loaded = load_or_report(args.config)
+        if loaded is None:
+            return 1
+        admin = loaded.config.server.admin
+        if admin is None:
+            print(f"{args.config}: no server.admin: the gateway has no admin API", file=sys.stderr)
+            return 1
+        address = f"{admin.address[0]}:{admin.address[1]}"
+        token = token or admin.token
+    try:
+        print(summary(address, token))
+    except (OSError, ValueError) as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print a scrypt hash for `consumers[].basic_auth.password_hash`."""
     import getpass
@@ -185,6 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         help="print a scrypt hash for basic-auth (reads the password from stdin or the terminal)",
     )
     hasher.set_defaults(func=cmd_hash_password)
+    status = commands.add_parser(
+        "status", help="a short summary of a running gateway (from its admin API)"
+    )
+    status.add_argument("-c", "--config", help="the gateway's config file (its admin address)")
+    status.add_argument("--admin", help="the admin listener, HOST:PORT (instead of -c)")
+    status.add_argument(
+        "--token", help="the admin token (default: the config's, or $FASTGW_ADMIN_TOKEN)"
+    )
+    status.set_defaults(func=cmd_status)
     commands.add_parser(
         "version", help="print the versions of fastgw, Python, uvloop and httptools"
     ).set_defaults(func=cmd_version)
