@@ -142,3 +142,21 @@ def test_logrotate_parses_the_file_and_reopens_with_sigusr1(tmp_path):
     text = LOGROTATE.read_text()
     assert "/var/log/fastgw/*.log" in text and "daily" in text
     assert "systemctl kill --kill-whom=main --signal=SIGUSR1 fastgw.service" in text
+
+
+def test_the_package_builds_a_pure_python_wheel(tmp_path):
+    """No compiler needed: fastgw's wheel is pure Python (its dependencies ship wheels)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("fastgw-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fastgw/observe/dashboard.html" in names  # package data included
