@@ -157,19 +157,19 @@ def test_the_admin_api(upstream, tmp_path):
         assert "2 worker(s)" in lines[0]
         assert any(line.strip().startswith("route renamed:") for line in lines)
         assert any("127.0.0.1:9 weight 3: DOWN" in line for line in lines)
-        refused = subprocess.run(
-            [sys.executable, "-m", "fastgw", "status", "--admin", f"127.0.0.1:{gw.admin_port}"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        refused = status_of(f"127.0.0.1:{gw.admin_port}")
         assert refused.returncode == 1 and "wants the admin token" in refused.stderr
     finally:
         gw.stop()
-    gone = subprocess.run(
-        [sys.executable, "-m", "fastgw", "status", "--admin", f"127.0.0.1:{gw.admin_port}"],
+    gone = status_of(f"127.0.0.1:{gw.admin_port}")
+    assert gone.returncode == 1 and "no gateway answers" in gone.stderr
+
+
+def status_of(address: str) -> subprocess.CompletedProcess:
+    """`fastgw status --admin ADDRESS` without a token."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastgw", "status", "--admin", address],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
-    assert gone.returncode == 1 and "no gateway answers" in gone.stderr

@@ -365,21 +365,24 @@ def test_the_admin_listener_without_a_host_binds_loopback_only():
     assert config.server.admin.address == ("0.0.0.0", 9901)  # asked for in so many words
 
 
+# Four mistakes in one route.
+TYPOS = """\
+upstreams:
+  billing: {targets: [{url: "http://127.0.0.1:9001"}]}
+routes:
+  - match: {paths: ["/a/*"]}
+    strip_prefx: true
+    upstream: biling
+    mirror: {upstream: shadw}
+    preserve_host: maybe
+"""
+
+
 def test_check_reports_a_misspelt_key_and_an_unknown_upstream_of_one_route_together(tmp_path):
     bad = tmp_path / "typo.yaml"
-    bad.write_text(
-        textwrap.dedent("""\
-        upstreams:
-          billing: {targets: [{url: "http://127.0.0.1:9001"}]}
-        routes:
-          - match: {paths: ["/a/*"]}
-            strip_prefx: true
-            upstream: biling
-            mirror: {upstream: shadw}
-    """)
-    )
+    bad.write_text(TYPOS)
     result = fastgw("check", "-c", str(bad))
-    assert result.returncode == 1 and "3 error(s)" in result.stderr
+    assert result.returncode == 1 and "4 error(s)" in result.stderr
     assert "routes[0].strip_prefx: unknown key" in result.stderr
     assert "routes[0].upstream: unknown upstream 'biling' (known: billing)" in result.stderr
     assert "routes[0].mirror.upstream: unknown upstream 'shadw' (known: billing)" in result.stderr
@@ -408,23 +411,13 @@ def test_version_command_and_flag():
 
 def test_errors_of_a_yaml_file_carry_line_and_column(tmp_path):
     bad = tmp_path / "typo.yaml"
-    bad.write_text(
-        textwrap.dedent("""\
-        upstreams:
-          billing: {targets: [{url: "http://127.0.0.1:9001"}]}
-        routes:
-          - match: {paths: ["/a/*"]}
-            strip_prefx: true
-            upstream: biling
-            preserve_host: maybe
-    """)
-    )
+    bad.write_text(TYPOS)
     with pytest.raises(ConfigError) as caught:
         load(bad)
     shown = caught.value.shown
     assert f"{bad}:5:5: routes[0].strip_prefx: unknown key" in shown[0]  # at the key
     assert f"{bad}:6:15: routes[0].upstream: unknown upstream 'biling'" in "\n".join(shown)
-    assert f"{bad}:7:20: routes[0].preserve_host: expected true or false" in "\n".join(shown)
+    assert f"{bad}:8:20: routes[0].preserve_host: expected true or false" in "\n".join(shown)
     assert caught.value.errors[0].startswith("routes[0].strip_prefx: unknown key")  # the path
 
 
