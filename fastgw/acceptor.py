@@ -46,6 +46,8 @@ class Acceptor:
         self.label = f"{host}:{port}"
         self.accepting = False
         self.resume_timer: Any = None
+        # Accepted and not yet handed to a protocol (a drain waits for them too).
+        self.pending = 0
 
     def start(self) -> None:
         if not self.accepting:
@@ -80,6 +82,7 @@ class Acceptor:
     def _serve(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending += 1
         if self.tls is not None:
             # Wait for the first byte: a TLS handshake, or plain HTTP sent to the wrong port.
             PlainOrTls(self, conn)
@@ -94,7 +97,11 @@ class Acceptor:
                 self.factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
             )
         )
-        task.add_done_callback(_handshake_done)
+        task.add_done_callback(self._made)
+
+    def _made(self, task: Any) -> None:
+        self.pending -= 1
+        _handshake_done(task)
 
     def _pause(self, exc: OSError) -> None:
         self.stop()
@@ -147,6 +154,7 @@ class PlainOrTls:
         if first[:1] == bytes((TLS_HANDSHAKE,)):
             self.acceptor._start(conn)
             return
+        self.acceptor.pending -= 1
         if first:
             try:
                 # Read what was sent first: closing with unread bytes would reset the
@@ -161,6 +169,7 @@ class PlainOrTls:
     def timed_out(self) -> None:
         self.timer = None
         self.done()
+        self.acceptor.pending -= 1
         self.conn.close()
 
     def done(self) -> None:

@@ -42,15 +42,26 @@ def bind(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     return sock
 
 
-def bind_all(addresses: list[tuple[str, int]]) -> list[socket.socket]:
-    """Bind every address, or none: all the problems in one ListenError."""
+def bind_all(
+    addresses: list[tuple[str, int]], inherited: dict[tuple[str, int], socket.socket] | None = None
+) -> list[socket.socket]:
+    """Bind every address, or none: all the problems in one ListenError. An address an old
+    master passed down (`inherited`, an upgrade) is taken as it is; the others it passed
+    are closed."""
+    inherited = dict(inherited or {})
     bound: list[socket.socket] = []
     problems: list[str] = []
     for host, port in addresses:
+        sock = inherited.pop((host, port), None)
+        if sock is not None:
+            bound.append(sock)
+            continue
         try:
             bound.append(bind(host, port))
         except ListenError as exc:
             problems.append(str(exc))
+    for sock in inherited.values():
+        sock.close()
     if problems:
         for sock in bound:
             sock.close()

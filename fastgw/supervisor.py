@@ -28,6 +28,7 @@ from .observe.metrics import MetricsTables
 from .plugins.services import SharedState
 from .quotas import QuotaState, QuotaTable
 from .shared import SharedTable
+from .upgrade import NewMaster, inherited, tell_old_master
 from .upstream.breaker import FIELDS as BREAKER_FIELDS
 from .upstream.budget import FIELDS as BUDGET_FIELDS
 from .upstream.probes import HealthTable
@@ -35,7 +36,14 @@ from .worker import Bound, encode_config, run_worker
 
 log = logging.getLogger("fastgw.supervisor")
 
-HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1}
+HANDLED = {
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+}
 # A worker that dies sooner than this after starting counts as crash-looping.
 FAST_CRASH = 1.0
 MAX_BACKOFF = 10.0
@@ -94,6 +102,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.awaiting: int | None = self.version  # READY=1 once every worker serves it
         self.awaiting_until = float("inf")
+        self.successor: NewMaster | None = None  # the new master of an upgrade (SIGUSR2)
         self.quota_state = QuotaState(self.shared.quotas, loaded.config.server.state_dir)
         self.quota_state.load(time.time())
         self.flush_at = 0.0
@@ -123,12 +132,16 @@ class Supervisor:
                     self.reload()
                 elif info.si_signo == signal.SIGUSR1:
                     self.reopen_logs()
+                elif info.si_signo == signal.SIGUSR2 and not self.stopping:
+                    self.upgrade()
                 elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
                     return self.stop()
             else:
                 self.reap()
             self.restart_due()
-            self.tell_systemd()
+            self.watch_workers()
+            if self.successor is not None and self.successor_ready():
+                return self.stop(handed_over=True)
             if time.monotonic() >= self.flush_at:
                 self.quota_state.flush()
                 self.flush_at = time.monotonic() + FLUSH_EVERY
@@ -137,11 +150,39 @@ class Supervisor:
         workers = sum(1 for slot in self.slots if slot.pid)
         return f"config version {self.version} ({self.loaded.digest}), {workers} worker(s)"
 
-    def tell_systemd(self) -> None:
-        """READY=1 once every worker serves the awaited config; WATCHDOG=1 while all answer."""
-        notifier = self.notifier
-        if not notifier.active:
+    def upgrade(self) -> None:
+        """SIGUSR2: start a new master from the installed code on the same sockets."""
+        if self.successor is not None:
+            log.warning("SIGUSR2: an upgrade is already under way (pid %d)", self.successor.pid)
             return
+        self.quota_state.flush()  # the new master starts from the counts so far
+        sockets = [(bound.address, sock) for bound, sock in self.listeners]
+        if self.admin is not None:
+            sockets.append((self.loaded.config.server.admin.address, self.admin))
+        self.successor = NewMaster(sockets)
+        log.info("SIGUSR2: upgrading: new master pid %d starting", self.successor.pid)
+
+    def successor_ready(self) -> bool:
+        """True once the new master serves; on its failure, this master serves on."""
+        outcome = self.successor.poll()
+        if outcome == "ready":
+            log.info("upgrade: new master pid %d serves; draining this one", self.successor.pid)
+            return True
+        if outcome is not None:
+            log.error(
+                "upgrade failed: the new master (pid %d) %s; still serving config version %d",
+                self.successor.pid,
+                outcome,
+                self.version,
+            )
+            self.successor.close()
+            self.successor = None
+        return False
+
+    def watch_workers(self) -> None:
+        """READY once every worker serves the awaited config (to systemd, and to an old
+        master waiting for this new one); WATCHDOG=1 while all answer."""
+        notifier = self.notifier
         now = time.monotonic()
         heartbeats = self.shared.heartbeats
         if self.awaiting is not None:
@@ -152,12 +193,15 @@ class Supervisor:
             late = sum(1 for version in serving if version < self.awaiting)
             if not late:
                 notifier.ready(self.status())
+                tell_old_master()
                 self.awaiting = None
             elif now >= self.awaiting_until:
                 notifier.ready(f"{self.status()}; {late} worker(s) did not confirm it")
                 self.awaiting = None
-        if notifier.watchdog_due(now) and all(
-            self.answering(slot, now) for slot in self.slots if slot.pid
+        if (
+            notifier.active
+            and notifier.watchdog_due(now)
+            and all(self.answering(slot, now) for slot in self.slots if slot.pid)
         ):
             notifier.watchdog(now)
 
@@ -218,6 +262,8 @@ class Supervisor:
             for slot in self.slots:
                 if slot.pid == pid:
                     self.worker_exited(slot, status)
+            if self.successor is not None and pid == self.successor.pid:
+                self.successor.exited(_describe_status(status))
 
     def worker_exited(self, slot: WorkerSlot, status: int) -> None:
         os.close(slot.control)
@@ -297,9 +343,12 @@ class Supervisor:
             len(self.slots),
         )
 
-    def stop(self) -> int:
+    def stop(self, handed_over: bool = False) -> int:
+        """Drain the workers and exit; `handed_over`: a new master serves now (an upgrade),
+        so systemd hears nothing from this one and the quota counts are its to keep."""
         self.stopping = True
-        self.notifier.stopping()
+        if not handed_over:
+            self.notifier.stopping()
         deadline = time.monotonic() + self.loaded.config.server.timeouts.drain + 5.0
         log.info("stopping: draining workers")
         for slot in self.slots:
@@ -314,8 +363,9 @@ class Supervisor:
                 deadline = float("inf")
             signal.sigtimedwait({signal.SIGCHLD}, 0.2)
             self.reap()
-        self.quota_state.flush()
-        log.info("stopped")
+        if not handed_over:
+            self.quota_state.flush()
+        log.info("stopped" if not handed_over else "stopped: the new master serves")
         return 0
 
 
@@ -344,7 +394,7 @@ def serve(path: str) -> int:
     if server.admin is not None:
         addresses.append(server.admin.address)
     try:
-        sockets = bind_all(addresses)
+        sockets = bind_all(addresses, inherited())
     except ListenError as exc:
         for problem in str(exc).splitlines():
             log.error("%s", problem)

@@ -359,7 +359,9 @@ class Worker:
         self.loop.create_task(self._wait_drained(deadline))
 
     async def _wait_drained(self, deadline: float) -> None:
-        while self.connections and self.loop.time() < deadline:
+        while (
+            self.connections or any(acceptor.pending for acceptor in self.acceptors)
+        ) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         cut = sum(conn.busy() for conn in self.connections)
         if cut:

@@ -69,6 +69,7 @@ class ClientProtocol(asyncio.Protocol):
         "current",
         "draining",
         "forwarded",
+        "fresh",
         "fwd",
         "head_raw",
         "head_start",
@@ -160,18 +161,19 @@ class ClientProtocol(asyncio.Protocol):
         self.forwarded = b"X-Forwarded-For: " + self.peer + self.proto_line
         if self.site.tls is not None:
             self.peer_subjects = peer_subjects(transport.get_extra_info("ssl_object"))
-        if worker.draining and self.site.admin:
-            # A probe while draining: answered (503 on /readyz), then closed; the drain does
-            # not wait for it.
-            self.draining = True
-        elif len(worker.connections) >= limits.max_connections or worker.draining:
+        if len(worker.connections) >= limits.max_connections:
             transport.write(reply(503, error_body(503, "too many connections", b""), close=True))
             transport.close()
             return
-        else:
+        if worker.draining:
+            # Accepted just before the drain began (or a probe of the admin listener, which
+            # answers until the drain ends): served, then closed.
+            self.draining = True
+        if not (worker.draining and self.site.admin):  # the drain does not wait for probes
             worker.connections.add(self)
         now = self.loop.time()
         self.idle_since = now
+        self.fresh = True  # no request answered yet
         self.idle_limit = self.header_timeout  # the first request must come within this time
         self.timer = self.loop.call_at(now + self.header_timeout, self._on_timer)
 
@@ -376,6 +378,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.idle_since = now
         self.idle_limit = self.keepalive
+        self.fresh = False
         if self.timer is None:
             self.timer = self.loop.call_at(
                 now + min(self.keepalive, self.header_timeout), self._on_timer
@@ -464,8 +467,10 @@ class ClientProtocol(asyncio.Protocol):
         return self.current is not None or self.in_head or self.tunnel is not None
 
     def close_if_idle(self) -> None:
-        """Draining: close now unless a request is in flight or arriving."""
-        if not self.busy():
+        """Draining: close now unless a request is in flight or arriving. A connection that
+        has not sent its first request yet (just accepted) is left to send it: closing it
+        would reset a request already on its way (its header timeout still applies)."""
+        if not self.busy() and not self.fresh:
             self.close()
 
     def _on_timer(self) -> None:
