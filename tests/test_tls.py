@@ -4,6 +4,7 @@ consumer mapping, and https upstreams with verification."""
 import json
 import socket
 import ssl
+import sys
 
 import h11
 import pytest
@@ -291,3 +292,60 @@ def test_certificate_files_that_cannot_serve_are_named_with_the_reason(pki, tmp_
         e.startswith(f"server.listen[4].tls: cert file '{tmp_path}' cannot be read: Is a directory")
         for e in errors
     )
+
+
+def test_an_unreadable_key_file_is_named_with_the_reason(tmp_path):
+    """As another user than the key's owner (root reads everything: the check then runs as
+    `nobody`, on a copy of the package it can read)."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+    import tempfile
+
+    from .support import ROOT
+
+    if os.geteuid() != 0:
+        from fastgw.tls import PRIVATE_KEY, file_problem
+
+        key = tmp_path / "locked.key"
+        key.write_text("-----BEGIN PRIVATE KEY-----\n")
+        key.chmod(0)
+        assert file_problem(str(key), "key", PRIVATE_KEY) == (
+            f"key file '{key}' is not readable by this user (uid {os.getuid()})"
+        )
+        return
+    place = tempfile.mkdtemp(prefix="fastgw-tls-")
+    try:
+        os.chmod(place, 0o755)
+        shutil.copytree(ROOT / "fastgw", f"{place}/fastgw")
+        for directory, _, _ in os.walk(place):
+            os.chmod(directory, 0o755)
+        key = f"{place}/locked.key"
+        with open(key, "w") as handle:
+            handle.write("-----BEGIN PRIVATE KEY-----\n")
+        os.chmod(key, stat.S_IRUSR | stat.S_IWUSR)  # root's alone
+        script = (
+            "from fastgw.tls import PRIVATE_KEY, file_problem; "
+            f"print(file_problem({key!r}, 'key', PRIVATE_KEY))"
+        )
+        done = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=place,
+            env={"PYTHONPATH": place, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert (
+            done.stdout.strip() == f"key file '{key}' is not readable by this user (uid 65534)"
+        ), done.stderr
+    finally:
+        shutil.rmtree(place)
