@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from .http.replies import reply
 from .logs import Throttled, open_file_limit
 
 log = logging.getLogger("fastgw.worker")
@@ -121,11 +122,7 @@ class Acceptor:
 
 
 TLS_HANDSHAKE = 0x16  # the content type of the first TLS record a client sends
-PLAIN_HTTP_TO_TLS = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 69\r\n"
-    b"Connection: close\r\n\r\n"
-    b"400 Bad Request: a plain HTTP request was sent to a TLS port (https)\n"
-)
+PLAIN_HTTP_TO_TLS = b"400 Bad Request: a plain HTTP request was sent to a TLS port (https)\n"
 
 
 class PlainOrTls:
@@ -160,7 +157,7 @@ class PlainOrTls:
                 # Read what was sent first: closing with unread bytes would reset the
                 # connection and the client might not see the answer.
                 conn.recv(65536)
-                conn.send(PLAIN_HTTP_TO_TLS)
+                conn.send(reply(400, PLAIN_HTTP_TO_TLS, content_type=b"text/plain", close=True))
                 conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass

@@ -7,6 +7,7 @@ import dataclasses
 import re
 from typing import Any
 
+from .config.environment import redact
 from .config.loader import Loaded, build_router
 from .plugins.config import effective
 
@@ -61,9 +62,7 @@ def plain(value: Any, hidden: dict[str, str], secret: bool = False) -> Any:
     if isinstance(value, (int, float)):
         return value
     text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    if text in hidden:
-        return hidden[text]
-    return URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+    return URL_PASSWORD.sub(rf"\1{REDACTED}\2", redact(text, hidden))
 
 
 def describe_upstream(route: Any) -> str:

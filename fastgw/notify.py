@@ -58,9 +58,6 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
 
-    def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
-
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping: draining")
 
@@ -70,8 +67,3 @@ class Notifier:
     def watchdog(self, now: float) -> None:
         self.send("WATCHDOG=1")
         self.watchdog_at = now + self.watchdog_every
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None

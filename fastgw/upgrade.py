@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -82,7 +83,7 @@ class NewMaster:
             except BlockingIOError:
                 pass
             if self.outcome is None and time.monotonic() > self.deadline:
-                os.kill(self.pid, 15)
+                os.kill(self.pid, signal.SIGTERM)
                 self.outcome = f"not ready within {READY_WAIT:g}s; stopped"
         return self.outcome
 
